@@ -1,0 +1,24 @@
+//! pi-image: turn the stock Ubuntu Raspberry Pi image into per-node, ready-to-boot images.
+//!
+//! Data flows one way: a [`profile`] describes the cluster, [`plan`] turns one node of it into a
+//! list of edits, and [`build`] applies those edits to a copy of the base image, using the
+//! partition table ([`partition`]), a byte-range view of one partition ([`partview`]), the FAT boot
+//! partition ([`bootfs`]) and the ext4 root ([`ext4`]). The text patchers ([`configtxt`],
+//! [`cmdline`], [`cloudinit`]) are pure functions from text to text.
+
+pub mod bootfs;
+pub mod build;
+pub mod cloudinit;
+pub mod cmdline;
+pub mod configtxt;
+pub mod error;
+pub mod ext4;
+pub mod image;
+pub mod inspect;
+pub mod partition;
+pub mod partview;
+pub mod plan;
+pub mod profile;
+pub mod release;
+
+pub use error::{Error, Result};
