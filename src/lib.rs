@@ -20,5 +20,6 @@ pub mod partview;
 pub mod plan;
 pub mod profile;
 pub mod release;
+pub mod sshkey;
 
 pub use error::{Error, Result};

@@ -1,1 +1,677 @@
-//! (being written)
+//! Profiles: the TOML files under `profiles/` that describe a cluster, its defaults and its
+//! nodes. [`Profile::load`] parses and validates a profile completely before anything is
+//! written; every error names the file, the line:column and the field.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::sshkey;
+
+/// The official Ubuntu 20.04.5 arm64+raspi image, the default base of the demo profile.
+pub const UBUNTU_20_04_5_URL: &str = "https://cdimage.ubuntu.com/releases/20.04.5/release/ubuntu-20.04.5-preinstalled-server-arm64+raspi.img.xz";
+
+/// A profile error: where in which file, which field, and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}:{column}: {field}: {message}", file.display())]
+pub struct ProfileError {
+    /// The profile (or key file) the error is in.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The field, e.g. `nodes[2].address`.
+    pub field: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Where the base image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseSpec {
+    /// A download URL (fetching is not implemented yet: pass `--base`).
+    Url(String),
+    /// A local `.img` or `.img.xz` file.
+    Path(PathBuf),
+}
+
+/// Which disk a node boots from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// SD card: the stock boot path (U-Boot on 20.04).
+    Sd,
+    /// USB SSD on a Pi 4: U-Boot bypassed, the firmware loads the kernel.
+    Ssd,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Sd => "sd",
+            Target::Ssd => "ssd",
+        })
+    }
+}
+
+/// CPU overclock settings for a Pi 4, written under `[pi4]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overclock {
+    /// `arm_freq` in MHz (2000 for 2.0 GHz).
+    pub arm_freq: u32,
+    /// `over_voltage` steps of 0.025 V (6 for 2.0 GHz).
+    pub over_voltage: i32,
+    /// Optional `gpu_freq` in MHz.
+    pub gpu_freq: Option<u32>,
+}
+
+/// A static IPv4 configuration of one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticAddress {
+    /// Interface name, e.g. `eth0`.
+    pub interface: String,
+    /// The node's address.
+    pub address: Ipv4Addr,
+    /// Prefix length of its subnet.
+    pub prefix_len: u8,
+    /// Default gateway, inside the subnet.
+    pub gateway: Option<Ipv4Addr>,
+    /// DNS servers.
+    pub dns: Vec<IpAddr>,
+    /// DNS search domains.
+    pub search: Vec<String>,
+}
+
+/// One node, with the cluster defaults and its overrides resolved.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Node name (`pi3`); the output is `<name>.img`.
+    pub name: String,
+    /// Hostname (defaults to the node name).
+    pub hostname: String,
+    /// DNS domain; the FQDN is `hostname.domain`.
+    pub domain: Option<String>,
+    /// Static address; `None` keeps DHCP.
+    pub network: Option<StaticAddress>,
+    /// Login user (`ubuntu` is the image's default user).
+    pub user: String,
+    /// SSH public keys, one `TYPE BASE64 COMMENT` line each, validated.
+    pub ssh_keys: Vec<String>,
+    /// SHA-512-crypt password hash, if password login is wanted.
+    pub password_hash: Option<String>,
+    /// Timezone, e.g. `Europe/Berlin`.
+    pub timezone: Option<String>,
+    /// Boot disk.
+    pub target: Target,
+    /// Write a decompressed `vmlinux` and boot it (SSD nodes with old firmware).
+    pub decompress_kernel: bool,
+    /// Overclock under `[pi4]`.
+    pub overclock: Option<Overclock>,
+    /// Free-form config.txt settings: section → key → value.
+    pub config_txt: BTreeMap<String, BTreeMap<String, String>>,
+    /// Extra kernel command line tokens.
+    pub cmdline: Vec<String>,
+    /// Add the memory-cgroup flags Kubernetes needs.
+    pub kubernetes: bool,
+    /// Overlay names, cluster-wide first, then the node's.
+    pub overlays: Vec<String>,
+    /// Extra cloud-init user-data to merge (cluster-wide merged with the node's).
+    pub user_data: Option<toml::Table>,
+}
+
+/// A loaded, validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The profile file.
+    pub path: PathBuf,
+    /// Cluster name: part of every node's disk identifier.
+    pub cluster: String,
+    /// Where the base image comes from.
+    pub base: BaseSpec,
+    /// The directory overlays are looked up in.
+    pub overlays_dir: PathBuf,
+    /// The nodes, in file order.
+    pub nodes: Vec<Node>,
+}
+
+impl Profile {
+    /// Read, parse and validate the profile at `path`.
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            field: "(file)".into(),
+            message: format!("cannot read profile: {e}"),
+        })?;
+        Profile::parse(path, &text)
+    }
+
+    /// Parse and validate profile text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (line, column) = line_col(text, span.start);
+            ProfileError {
+                file: path.to_owned(),
+                line,
+                column,
+                field: "(syntax)".into(),
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        Validator { path, text, dir: path.parent().unwrap_or(Path::new(".")) }.profile(raw)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    cluster: RawCluster,
+    #[serde(default)]
+    defaults: RawSettings,
+    #[serde(default)]
+    nodes: Vec<RawSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    base: Spanned<String>,
+    overlays_dir: Option<Spanned<String>>,
+}
+
+/// The fields shared by `[defaults]` and each `[[nodes]]` entry (`name` only in nodes).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    name: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
+    domain: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    gateway: Option<Spanned<String>>,
+    dns: Option<Vec<Spanned<String>>>,
+    search: Option<Vec<Spanned<String>>>,
+    interface: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    ssh_keys: Option<Vec<Spanned<String>>>,
+    password_hash: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    target: Option<Spanned<Target>>,
+    decompress_kernel: Option<Spanned<bool>>,
+    overclock: Option<Spanned<Overclock>>,
+    config_txt: Option<BTreeMap<String, BTreeMap<String, Spanned<ConfigValue>>>>,
+    cmdline: Option<Vec<Spanned<String>>>,
+    kubernetes: Option<bool>,
+    overlays: Option<Vec<Spanned<String>>>,
+    user_data: Option<toml::Table>,
+}
+
+/// config.txt values may be written as TOML strings, integers or booleans.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ConfigValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl ConfigValue {
+    fn render(&self) -> String {
+        match self {
+            ConfigValue::Str(s) => s.clone(),
+            ConfigValue::Int(i) => i.to_string(),
+            ConfigValue::Bool(b) => u8::from(*b).to_string(),
+        }
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    dir: &'a Path,
+}
+
+/// Pick the node's value if set, else the default's.
+fn pick<'a, T>(node: &'a Option<T>, default: &'a Option<T>) -> Option<&'a T> {
+    node.as_ref().or(default.as_ref())
+}
+
+impl Validator<'_> {
+    fn err(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> ProfileError {
+        let (line, column) = line_col(self.text, span.start);
+        ProfileError {
+            file: self.path.to_owned(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn profile(&self, raw: RawProfile) -> Result<Profile, ProfileError> {
+        let cluster = raw.cluster.name.get_ref().clone();
+        if !is_label(&cluster) {
+            return Err(self.err(
+                raw.cluster.name.span(),
+                "cluster.name",
+                format!("'{cluster}' is not a valid name (expected letters, digits and '-', 1-63 characters)"),
+            ));
+        }
+        let base = self.base(&raw.cluster.base)?;
+        let overlays_dir = match &raw.cluster.overlays_dir {
+            Some(d) => self.dir.join(d.get_ref()),
+            None => self.dir.join("../overlays"),
+        };
+        if let Some(name) = &raw.defaults.name {
+            return Err(self.err(name.span(), "defaults.name", "a name belongs in [[nodes]], not in [defaults]"));
+        }
+        if raw.nodes.is_empty() {
+            return Err(self.err(0..0, "nodes", "the profile defines no nodes (expected at least one [[nodes]] table)"));
+        }
+        let mut nodes = Vec::new();
+        let mut seen_names: HashMap<String, usize> = HashMap::new();
+        let mut seen_hosts: HashMap<String, usize> = HashMap::new();
+        let mut seen_addrs: HashMap<Ipv4Addr, usize> = HashMap::new();
+        for (i, raw_node) in raw.nodes.iter().enumerate() {
+            let at = |f: &str| format!("nodes[{i}].{f}");
+            let node = self.node(i, raw_node, &raw.defaults, &overlays_dir)?;
+            let name_span = raw_node.name.as_ref().map(|n| n.span()).unwrap_or(0..0);
+            if let Some(j) = seen_names.insert(node.name.clone(), i) {
+                return Err(self.err(name_span, at("name"), format!("node name '{}' is already used by nodes[{j}]", node.name)));
+            }
+            let host_span = raw_node.hostname.as_ref().map(|h| h.span()).unwrap_or(name_span.clone());
+            if let Some(j) = seen_hosts.insert(node.hostname.to_ascii_lowercase(), i) {
+                return Err(self.err(host_span, at("hostname"), format!("hostname '{}' is already used by nodes[{j}]", node.hostname)));
+            }
+            if let Some(net) = &node.network {
+                let span = raw_node.address.as_ref().map(|a| a.span()).unwrap_or(name_span);
+                if let Some(j) = seen_addrs.insert(net.address, i) {
+                    return Err(self.err(span, at("address"), format!("address {} is already used by nodes[{j}]", net.address)));
+                }
+            }
+            nodes.push(node);
+        }
+        Ok(Profile { path: self.path.to_owned(), cluster, base, overlays_dir, nodes })
+    }
+
+    fn base(&self, base: &Spanned<String>) -> Result<BaseSpec, ProfileError> {
+        let b = base.get_ref().trim();
+        if b.is_empty() {
+            return Err(self.err(base.span(), "cluster.base", "empty (expected \"ubuntu-20.04.5\", a URL or a path)"));
+        }
+        Ok(match b {
+            "ubuntu-20.04.5" => BaseSpec::Url(UBUNTU_20_04_5_URL.into()),
+            _ if b.starts_with("https://") || b.starts_with("http://") => BaseSpec::Url(b.into()),
+            _ => BaseSpec::Path(self.dir.join(b)),
+        })
+    }
+
+    fn node(&self, i: usize, n: &RawSettings, d: &RawSettings, overlays_dir: &Path) -> Result<Node, ProfileError> {
+        let at = |f: &str| format!("nodes[{i}].{f}");
+        // Errors about a value name the table it came from: the node's or [defaults].
+        let field = |f: &str, from_node: bool| if from_node { at(f) } else { format!("defaults.{f}") };
+
+        let name = n.name.as_ref().ok_or_else(|| self.err(0..0, at("name"), "missing (every [[nodes]] entry needs a name)"))?;
+        if !is_label(name.get_ref()) {
+            return Err(self.err(name.span(), at("name"), format!("'{}' is not a valid node name (expected an RFC 1123 label: letters, digits, '-', 1-63 characters, not starting or ending with '-')", name.get_ref())));
+        }
+        let hostname = match pick(&n.hostname, &d.hostname) {
+            Some(h) => {
+                if !is_label(h.get_ref()) {
+                    return Err(self.err(h.span(), field("hostname", n.hostname.is_some()), format!("'{}' is not a valid hostname (expected an RFC 1123 label: letters, digits, '-', 1-63 characters, not starting or ending with '-'; put the domain in `domain`)", h.get_ref())));
+                }
+                h.get_ref().clone()
+            }
+            None => name.get_ref().clone(),
+        };
+        let domain = match pick(&n.domain, &d.domain) {
+            Some(dom) => {
+                if !is_domain(dom.get_ref()) {
+                    return Err(self.err(dom.span(), field("domain", n.domain.is_some()), format!("'{}' is not a valid domain (expected dot-separated RFC 1123 labels)", dom.get_ref())));
+                }
+                Some(dom.get_ref().clone())
+            }
+            None => None,
+        };
+        let network = self.network(n, d, &field)?;
+        let user = match pick(&n.user, &d.user) {
+            Some(u) => {
+                if !is_user_name(u.get_ref()) {
+                    return Err(self.err(u.span(), field("user", n.user.is_some()), format!("'{}' is not a valid user name (expected lower-case letters, digits, '_' or '-', starting with a letter or '_', at most 32)", u.get_ref())));
+                }
+                u.get_ref().clone()
+            }
+            None => "ubuntu".into(),
+        };
+        let ssh_keys = match pick(&n.ssh_keys, &d.ssh_keys) {
+            Some(keys) => self.ssh_keys(keys, &field("ssh_keys", n.ssh_keys.is_some()))?,
+            None => Vec::new(),
+        };
+        let password_hash = match pick(&n.password_hash, &d.password_hash) {
+            Some(h) => {
+                if !is_sha512_crypt(h.get_ref()) {
+                    return Err(self.err(h.span(), field("password_hash", n.password_hash.is_some()), "not a SHA-512-crypt hash (expected '$6$salt$hash' as printed by `mkpasswd -m sha-512`; plain passwords are never accepted)"));
+                }
+                Some(h.get_ref().clone())
+            }
+            None => None,
+        };
+        let timezone = match pick(&n.timezone, &d.timezone) {
+            Some(tz) => {
+                if !is_timezone(tz.get_ref()) {
+                    return Err(self.err(tz.span(), field("timezone", n.timezone.is_some()), format!("'{}' is not a timezone name (expected e.g. 'UTC' or 'Europe/Berlin')", tz.get_ref())));
+                }
+                Some(tz.get_ref().clone())
+            }
+            None => None,
+        };
+        let target = pick(&n.target, &d.target).map(|t| *t.get_ref()).unwrap_or(Target::Sd);
+        let decompress_kernel = match pick(&n.decompress_kernel, &d.decompress_kernel) {
+            Some(dk) if *dk.get_ref() && target != Target::Ssd => {
+                return Err(self.err(dk.span(), field("decompress_kernel", n.decompress_kernel.is_some()), "only applies to target = \"ssd\" (the SD boot path loads vmlinuz through U-Boot)"));
+            }
+            Some(dk) => *dk.get_ref(),
+            None => false,
+        };
+        let overclock = match pick(&n.overclock, &d.overclock) {
+            Some(oc) => {
+                let v = *oc.get_ref();
+                let f = field("overclock", n.overclock.is_some());
+                if !(600..=3000).contains(&v.arm_freq) {
+                    return Err(self.err(oc.span(), format!("{f}.arm_freq"), format!("{} MHz is out of range (expected 600-3000)", v.arm_freq)));
+                }
+                if !(-16..=8).contains(&v.over_voltage) {
+                    return Err(self.err(oc.span(), format!("{f}.over_voltage"), format!("{} is out of range (expected -16..8)", v.over_voltage)));
+                }
+                if let Some(g) = v.gpu_freq.filter(|g| !(100..=1000).contains(g)) {
+                    return Err(self.err(oc.span(), format!("{f}.gpu_freq"), format!("{g} MHz is out of range (expected 100-1000)")));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let mut config_txt = BTreeMap::new();
+        for (settings, from_node) in [(&d.config_txt, false), (&n.config_txt, true)] {
+            for (section, keys) in settings.iter().flatten() {
+                for (key, value) in keys {
+                    let f = format!("{}.{section}.{key}", field("config_txt", from_node));
+                    let rendered = value.get_ref().render();
+                    if !is_config_section(section) {
+                        return Err(self.err(value.span(), f, format!("'[{section}]' is not a config.txt section (expected e.g. all, pi4, cm4)")));
+                    }
+                    if !is_config_key(key) {
+                        return Err(self.err(value.span(), f, "not a config.txt key (expected letters, digits and '_')"));
+                    }
+                    if rendered.contains(['\n', '\r']) {
+                        return Err(self.err(value.span(), f, "the value contains a newline (config.txt takes one line per setting)"));
+                    }
+                    config_txt.entry(section.clone()).or_insert_with(BTreeMap::new).insert(key.clone(), rendered);
+                }
+            }
+        }
+        let mut cmdline = Vec::new();
+        for (tokens, from_node) in [(&d.cmdline, false), (&n.cmdline, true)] {
+            for t in tokens.iter().flatten() {
+                if t.get_ref().is_empty() || t.get_ref().chars().any(char::is_whitespace) {
+                    return Err(self.err(t.span(), field("cmdline", from_node), format!("'{}' is not one kernel parameter (expected a single token without spaces or newlines, e.g. 'quiet' or 'key=value')", t.get_ref().escape_debug())));
+                }
+                cmdline.push(t.get_ref().clone());
+            }
+        }
+        let kubernetes = n.kubernetes.or(d.kubernetes).unwrap_or(false);
+        let mut overlays = Vec::new();
+        for (list, from_node) in [(&d.overlays, false), (&n.overlays, true)] {
+            for o in list.iter().flatten() {
+                let f = field("overlays", from_node);
+                if !is_overlay_name(o.get_ref()) {
+                    return Err(self.err(o.span(), f, format!("'{}' is not an overlay name (expected a directory name under {})", o.get_ref(), overlays_dir.display())));
+                }
+                if !overlays_dir.join(o.get_ref()).is_dir() {
+                    return Err(self.err(o.span(), f, format!("overlay '{}' not found (expected a directory {})", o.get_ref(), overlays_dir.join(o.get_ref()).display())));
+                }
+                if !overlays.contains(o.get_ref()) {
+                    overlays.push(o.get_ref().clone());
+                }
+            }
+        }
+        let user_data = match (&d.user_data, &n.user_data) {
+            (None, None) => None,
+            (Some(a), None) => Some(a.clone()),
+            (None, Some(b)) => Some(b.clone()),
+            (Some(a), Some(b)) => Some(merge_tables(a.clone(), b)),
+        };
+        Ok(Node {
+            name: name.get_ref().clone(),
+            hostname,
+            domain,
+            network,
+            user,
+            ssh_keys,
+            password_hash,
+            timezone,
+            target,
+            decompress_kernel,
+            overclock,
+            config_txt,
+            cmdline,
+            kubernetes,
+            overlays,
+            user_data,
+        })
+    }
+
+    fn network(&self, n: &RawSettings, d: &RawSettings, field: &dyn Fn(&str, bool) -> String) -> Result<Option<StaticAddress>, ProfileError> {
+        let Some(addr) = pick(&n.address, &d.address) else {
+            if let Some(gw) = pick(&n.gateway, &d.gateway) {
+                return Err(self.err(gw.span(), field("gateway", n.gateway.is_some()), "a gateway needs a static `address` (a.b.c.d/nn) on the node"));
+            }
+            return Ok(None);
+        };
+        let addr_field = field("address", n.address.is_some());
+        let (address, prefix_len) = parse_cidr(addr.get_ref()).ok_or_else(|| {
+            self.err(addr.span(), &addr_field, format!("'{}' is not an IPv4 address with prefix length (expected CIDR like 192.168.1.13/24)", addr.get_ref()))
+        })?;
+        let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - prefix_len) };
+        let host_bits = u32::from(address) & !mask;
+        if prefix_len <= 30 && (host_bits == 0 || host_bits == !mask) {
+            return Err(self.err(addr.span(), &addr_field, format!("{address} is the network or broadcast address of /{prefix_len} (expected a host address)")));
+        }
+        let gateway = match pick(&n.gateway, &d.gateway) {
+            Some(gw) => {
+                let f = field("gateway", n.gateway.is_some());
+                let g: Ipv4Addr = gw.get_ref().parse().map_err(|_| self.err(gw.span(), &f, format!("'{}' is not an IPv4 address", gw.get_ref())))?;
+                if u32::from(g) & mask != u32::from(address) & mask {
+                    return Err(self.err(gw.span(), &f, format!("gateway {g} is outside the node's subnet {}/{prefix_len}", Ipv4Addr::from(u32::from(address) & mask))));
+                }
+                if g == address {
+                    return Err(self.err(gw.span(), &f, format!("gateway {g} is the node's own address")));
+                }
+                Some(g)
+            }
+            None => None,
+        };
+        let mut dns = Vec::new();
+        for s in pick(&n.dns, &d.dns).into_iter().flatten() {
+            dns.push(s.get_ref().parse::<IpAddr>().map_err(|_| self.err(s.span(), field("dns", n.dns.is_some()), format!("'{}' is not an IP address", s.get_ref())))?);
+        }
+        let mut search = Vec::new();
+        for s in pick(&n.search, &d.search).into_iter().flatten() {
+            if !is_domain(s.get_ref()) {
+                return Err(self.err(s.span(), field("search", n.search.is_some()), format!("'{}' is not a valid domain", s.get_ref())));
+            }
+            search.push(s.get_ref().clone());
+        }
+        let interface = match pick(&n.interface, &d.interface) {
+            Some(i) => {
+                let ok = !i.get_ref().is_empty() && i.get_ref().len() <= 15 && i.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !ok {
+                    return Err(self.err(i.span(), field("interface", n.interface.is_some()), format!("'{}' is not an interface name (expected e.g. eth0, at most 15 characters)", i.get_ref())));
+                }
+                i.get_ref().clone()
+            }
+            None => "eth0".into(),
+        };
+        Ok(Some(StaticAddress { interface, address, prefix_len, gateway, dns, search }))
+    }
+
+    /// Each entry is an inline key or a file of keys relative to the profile.
+    fn ssh_keys(&self, keys: &[Spanned<String>], field: &str) -> Result<Vec<String>, ProfileError> {
+        let mut out = Vec::new();
+        for k in keys {
+            let entry = k.get_ref();
+            if sshkey::looks_like_key(entry) {
+                out.push(sshkey::parse(entry).map_err(|m| self.err(k.span(), field, m))?);
+                continue;
+            }
+            let file = self.dir.join(entry);
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                self.err(k.span(), field, format!("cannot read key file {}: {e} (expected an inline key 'ssh-ed25519 AAAA...' or a .pub file relative to the profile)", file.display()))
+            })?;
+            let before = out.len();
+            for (lineno, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                out.push(sshkey::parse(line).map_err(|m| ProfileError {
+                    file: file.clone(),
+                    line: lineno + 1,
+                    column: 1,
+                    field: field.into(),
+                    message: m,
+                })?);
+            }
+            if out.len() == before {
+                return Err(self.err(k.span(), field, format!("key file {} holds no keys", file.display())));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Merge `over` into `base`: tables merge recursively, anything else is replaced.
+fn merge_tables(mut base: toml::Table, over: &toml::Table) -> toml::Table {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
+                let merged = merge_tables(std::mem::take(b), o);
+                *b = merged;
+            }
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    base
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// An RFC 1123 label: 1-63 letters, digits and hyphens, not starting or ending with a hyphen.
+fn is_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A plain directory name: no separators, no `..`, no hidden names.
+fn is_overlay_name(s: &str) -> bool {
+    !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn is_domain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label)
+}
+
+fn is_user_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && s.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+fn is_sha512_crypt(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("$6$") else { return false };
+    let rest = match rest.strip_prefix("rounds=") {
+        Some(r) => match r.split_once('$') {
+            Some((n, tail)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => tail,
+            _ => return false,
+        },
+        None => rest,
+    };
+    let crypt_char = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'/';
+    match rest.split_once('$') {
+        Some((salt, hash)) => {
+            (1..=16).contains(&salt.len()) && salt.bytes().all(crypt_char) && hash.len() == 86 && hash.bytes().all(crypt_char)
+        }
+        None => false,
+    }
+}
+
+fn is_timezone(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('/')
+        && !s.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
+}
+
+fn is_config_section(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-_=:".contains(c))
+}
+
+fn is_config_key(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    if len.to_string() != s.split_once('/')?.1 {
+        return None; // no leading zeros or '+'
+    }
+    Some((addr.parse().ok()?, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_domains_and_hashes() {
+        assert!(is_label("pi3") && is_label("node-01") && !is_label("-pi") && !is_label("pi_3") && !is_label(""));
+        assert!(is_domain("cluster.lan") && !is_domain("a..b"));
+        let hash = format!("$6$saltsalt${}", "a".repeat(86));
+        assert!(is_sha512_crypt(&hash));
+        assert!(is_sha512_crypt(&format!("$6$rounds=5000$salt${}", "b".repeat(86))));
+        assert!(!is_sha512_crypt("hunter2") && !is_sha512_crypt("$5$salt$abc"));
+        assert_eq!(parse_cidr("192.168.1.13/24"), Some((Ipv4Addr::new(192, 168, 1, 13), 24)));
+        assert_eq!(parse_cidr("192.168.1.13/33"), None);
+        assert_eq!(parse_cidr("192.168.1.13"), None);
+        assert_eq!(parse_cidr("192.168.1.13/024"), None);
+    }
+
+    #[test]
+    fn line_and_column_count_from_one() {
+        assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+        assert_eq!(line_col("abc", 0), (1, 1));
+    }
+}
