@@ -54,6 +54,14 @@ pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, ImageError> {
     }
 }
 
+/// True when the file at `path` is `.xz`-compressed (judged by its magic bytes).
+pub fn is_compressed(path: &Path) -> Result<bool, ImageError> {
+    let mut head = [0u8; 6];
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let got = fill(&mut file, &mut head).map_err(io_err(path))?;
+    Ok(head[..got] == *XZ_MAGIC)
+}
+
 /// Decodes every concatenated `.xz` stream of the input, each with liblzma's multi-threaded
 /// decoder (whose builder cannot set `LZMA_CONCATENATED`, so the streams are chained here).
 struct XzStreams<R: BufRead> {

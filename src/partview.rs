@@ -92,6 +92,34 @@ impl<F: Seek> Seek for PartitionView<F> {
     }
 }
 
+/// A file opened for reading, usable where `Read + Write + Seek` is required (a filesystem
+/// library that opens volumes read-write): every write fails, so inspecting can never change
+/// the image.
+#[derive(Debug)]
+pub struct ReadOnly<F>(pub F);
+
+impl<F: Read> Read for ReadOnly<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<F: Seek> Seek for ReadOnly<F> {
+    fn seek(&mut self, from: SeekFrom) -> io::Result<u64> {
+        self.0.seek(from)
+    }
+}
+
+impl<F> Write for ReadOnly<F> {
+    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "opened read-only"))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,20 @@ impl Release {
     }
 }
 
+/// The release a base image holds, judged from its stock boot files: 20.04's config.txt includes
+/// `usercfg.txt`; 24.04's user-data sets passwords with the `chpasswd: users:` form, 22.04's with
+/// `chpasswd: list:`. Used when the root filesystem's `/etc/os-release` cannot be read.
+pub fn detect_from_boot_files(config_txt: &str, user_data: &str) -> Release {
+    let includes_usercfg = config_txt.lines().any(|l| l.trim() == "include usercfg.txt");
+    if includes_usercfg {
+        Release::Focal
+    } else if user_data.lines().any(|l| l.trim_start().starts_with("users:")) {
+        Release::Noble
+    } else {
+        Release::Jammy
+    }
+}
+
 impl std::fmt::Display for Release {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Ubuntu {} ({})", self.version_id(), self.codename())
