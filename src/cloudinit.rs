@@ -587,3 +587,205 @@ fn kind(v: &Value) -> &'static str {
         Value::Tagged(_) => "a tagged value",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STOCK: &str =
+        "#cloud-config\nchpasswd:\n  expire: true\n  list:\n  - ubuntu:ubuntu\nssh_pwauth: true\n";
+
+    fn cfg() -> NodeCloudConfig {
+        NodeCloudConfig {
+            release: Release::Focal,
+            hostname: "pi1".into(),
+            domain: None,
+            user: "ubuntu".into(),
+            ssh_keys: vec!["ssh-ed25519 AAAA k".into()],
+            password_hash: None,
+            timezone: None,
+            network: None,
+            extra_user_data: None,
+        }
+    }
+
+    fn parse(text: &str) -> Value {
+        serde_yaml_ng::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn refuses_stock_without_marker_or_mapping() {
+        let err = user_data("chpasswd: {}\n", &cfg()).unwrap_err();
+        assert!(matches!(err, CloudInitError::NotCloudConfig), "{err}");
+        let err = user_data("#cloud-config\n- a\n", &cfg()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CloudInitError::NotAMapping {
+                    found: "a list",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = user_data("#cloud-config\na: [\n", &cfg()).unwrap_err();
+        assert!(matches!(err, CloudInitError::Parse(_)), "{err}");
+        let bad_extra = NodeCloudConfig {
+            extra_user_data: Some(parse("[1]")),
+            ..cfg()
+        };
+        let err = user_data(STOCK, &bad_extra).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("extra user-data must be a YAML mapping"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_comment_only_stock_file_is_an_empty_configuration() {
+        let out = user_data("#cloud-config\n# nothing\n", &cfg()).unwrap();
+        assert_eq!(parse(&out)["hostname"], Value::from("pi1"));
+    }
+
+    #[test]
+    fn keys_only_drop_the_stock_password_and_no_key_keeps_it() {
+        let out = parse(&user_data(STOCK, &cfg()).unwrap());
+        assert!(out.get("chpasswd").is_none());
+        assert_eq!(out["ssh_pwauth"], Value::Bool(false));
+        let no_key = NodeCloudConfig {
+            ssh_keys: vec![],
+            ..cfg()
+        };
+        let out = parse(&user_data(STOCK, &no_key).unwrap());
+        assert_eq!(out["chpasswd"]["list"][0], Value::from("ubuntu:ubuntu"));
+        assert!(out.get("ssh_authorized_keys").is_none());
+    }
+
+    #[test]
+    fn merge_recurses_appends_missing_items_and_replaces_scalars() {
+        let mut base = parse("a: {x: 1, y: [1, 2]}\nb: s\nc: [1]\n");
+        let extra = parse("a: {y: [2, 3], z: 4}\nb: [t]\nc: 5\nd: new\n");
+        if let (Value::Mapping(b), Value::Mapping(e)) = (&mut base, &extra) {
+            merge_mapping(b, e);
+        }
+        assert_eq!(
+            base,
+            parse("a: {x: 1, y: [1, 2, 3], z: 4}\nb: [t]\nc: 5\nd: new\n")
+        );
+    }
+
+    #[test]
+    fn prefix_length_is_checked() {
+        let mut c = cfg();
+        c.network = Some(StaticNetwork {
+            interface: "eth0".into(),
+            address: Ipv4Addr::new(10, 0, 0, 2),
+            prefix_len: 33,
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            dns: vec![],
+            search: vec![],
+        });
+        assert!(matches!(
+            network_config(&c),
+            Err(CloudInitError::PrefixLength(33))
+        ));
+        c.network.as_mut().unwrap().prefix_len = 8;
+        let out = parse(&network_config(&c).unwrap());
+        // No DNS given: no `nameservers` at all, and a static address is not optional.
+        assert_eq!(
+            out,
+            parse(
+                "version: 2\nethernets: {eth0: {dhcp4: false, addresses: [10.0.0.2/8], gateway4: 10.0.0.1}}"
+            )
+        );
+    }
+
+    #[test]
+    fn a_host_named_like_a_yaml_boolean_is_refused_everywhere() {
+        let c = NodeCloudConfig {
+            hostname: "on".into(),
+            ..cfg()
+        };
+        for err in [
+            user_data(STOCK, &c).unwrap_err(),
+            meta_data(&c, "on-1").unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, CloudInitError::Yaml11Ambiguous { path, .. } if path == "hostname"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn meta_data_has_the_dashed_instance_id_and_dsmode_after_focal() {
+        let focal = parse(&meta_data(&cfg(), "pi1-abc").unwrap());
+        assert_eq!(focal, parse("instance-id: pi1-abc\nlocal-hostname: pi1"));
+        let noble = NodeCloudConfig {
+            release: Release::Noble,
+            ..cfg()
+        };
+        let noble = parse(&meta_data(&noble, "pi1-abc").unwrap());
+        assert_eq!(noble["dsmode"], Value::from("local"));
+    }
+
+    #[test]
+    fn instance_id_changes_with_node_and_configuration() {
+        let id = instance_id("pi1", "u", "n");
+        assert!(id.starts_with("pi1-") && id.len() == 16, "{id}");
+        assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(id, instance_id("pi1", "u", "n"));
+        assert_ne!(id, instance_id("pi2", "u", "n"));
+        assert_ne!(id, instance_id("pi1", "u2", "n"));
+        assert_ne!(instance_id("pi1", "ab", "c"), instance_id("pi1", "a", "bc"));
+    }
+
+    #[test]
+    fn yaml11_resolvers() {
+        for s in [
+            "yes",
+            "OFF",
+            "0",
+            "-12",
+            "0b1_0",
+            "017",
+            "0x_F",
+            "1_000",
+            "190:20:30",
+            "1.",
+            "-1.5e+3",
+            ".5",
+            "1:30.5",
+            "+.inf",
+            ".nan",
+            "2001-12-14",
+            "2001-12-14t21:59:43.10-05:00",
+            "",
+            "~",
+            "<<",
+            "=",
+        ] {
+            assert!(yaml11_non_text(s), "{s:?}");
+        }
+        for s in [
+            "y",
+            "n",
+            "yES",
+            "1.2.3",
+            "1e3",
+            "+-1",
+            "08",
+            "1:60",
+            "0b",
+            "-.5",
+            "2001-12-14x",
+            "2001-12",
+            "x1",
+            "1a",
+            ".",
+        ] {
+            assert!(!yaml11_non_text(s), "{s:?}");
+        }
+    }
+}
