@@ -15,6 +15,7 @@ pub mod error;
 pub mod ext4;
 pub mod image;
 pub mod inspect;
+pub mod overlay;
 pub mod partition;
 pub mod partview;
 pub mod plan;
