@@ -660,6 +660,20 @@ impl Ext4Fs {
         Ok(())
     }
 
+    /// Refuses, before anything changes, a time ext4 cannot store: 1901-12-13 to 2446-05-10
+    /// (32-bit seconds plus two epoch bits).
+    fn check_time(&self, path: &str, attrs: &Attrs) -> Result<(), Ext4Error> {
+        const RANGE: std::ops::RangeInclusive<i64> = -(1 << 31)..=(1 << 31) - 1 + (3 << 32);
+        if RANGE.contains(&attrs.mtime) {
+            Ok(())
+        } else {
+            Err(self.path_err(
+                path,
+                format!("time {} is outside what ext4 can store", attrs.mtime),
+            ))
+        }
+    }
+
     fn set_now(&self, time: i64) {
         // SAFETY: live fs.
         unsafe { ffi::pi_set_now(self.fs, time) };
@@ -688,6 +702,7 @@ impl Ext4Fs {
     /// they are.
     pub fn mkdir_p(&mut self, path: &str, attrs: &Attrs) -> Result<(), Ext4Error> {
         self.require_writable()?;
+        self.check_time(path, attrs)?;
         let names = self.names(path)?;
         let mut dir = ROOT_INO;
         for (i, name) in names.iter().enumerate() {
@@ -734,6 +749,7 @@ impl Ext4Fs {
         attrs: &Attrs,
     ) -> Result<(), Ext4Error> {
         self.require_writable()?;
+        self.check_time(path, attrs)?;
         let (dir, name) = self.parent(path)?;
         let existing = self.lookup(path, dir, name)?;
         let (freed, freed_inode) = self.replaced(path, existing)?;
@@ -828,6 +844,7 @@ impl Ext4Fs {
     /// resolve inside this filesystem when the system runs). A directory is refused.
     pub fn symlink(&mut self, path: &str, target: &str, attrs: &Attrs) -> Result<(), Ext4Error> {
         self.require_writable()?;
+        self.check_time(path, attrs)?;
         if target.is_empty() || target.len() as u64 >= self.block_size {
             return Err(self.path_err(
                 path,
@@ -860,6 +877,7 @@ impl Ext4Fs {
     /// Sets mode, owner and times of `path` itself (a final symlink is not followed).
     pub fn set_attrs(&mut self, path: &str, attrs: &Attrs) -> Result<(), Ext4Error> {
         self.require_writable()?;
+        self.check_time(path, attrs)?;
         let Some(ino) = self.resolve(path, false)? else {
             return Err(self.path_err(path, "does not exist"));
         };

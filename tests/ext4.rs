@@ -84,6 +84,11 @@ impl Fixture {
             "PasswordAuthentication yes\n".repeat(100),
         )
         .unwrap();
+        fs::hard_link(
+            tree.join("etc/ssh/sshd_config"),
+            tree.join("etc/ssh/sshd_config.link"),
+        )
+        .unwrap();
         fs::write(tree.join("usr/lib/os-release"), OS_RELEASE).unwrap();
         fs::write(
             tree.join("usr/lib/modules/5.4.0-1069-raspi/modules.dep"),
@@ -378,6 +383,13 @@ fn ext4_nested_dirs_big_file_and_symlinks() {
     fs.symlink("/opt/a/slow", &slow_target, &link_a).unwrap();
     fs.write_file("/opt/a/empty", &mut &b""[..], 0, &attrs(0o600, 5, 6))
         .unwrap();
+    // Past 2038: the epoch bits of the extra timestamp fields carry it.
+    let late = Attrs {
+        mtime: (1 << 31) + 5,
+        ..attrs(0o644, 0, 0)
+    };
+    fs.write_file("/opt/a/late", &mut &b"x"[..], 1, &late)
+        .unwrap();
     assert!(before - fs.free_bytes() >= big);
     fs.close().unwrap();
 
@@ -403,6 +415,10 @@ fn ext4_nested_dirs_big_file_and_symlinks() {
     assert_stat(&img, "/opt/a/slow", "symlink", &link_a);
     assert_eq!(debugfs_cat(&img, "/opt/a/slow"), slow_target.as_bytes());
     assert_stat(&img, "/opt/a/empty", "regular", &attrs(0o600, 5, 6));
+    assert_eq!(
+        field(&debugfs(&img, "stat /opt/a/late"), " mtime:"),
+        "0x80000005:00000001"
+    );
     assert_eq!(field(&debugfs(&img, "stat /opt/a/empty"), "Size:"), "0");
 }
 
@@ -481,8 +497,9 @@ fn ext4_replace_and_remove() {
         Err(Ext4Error::Path { .. })
     ));
     // Every replaced or removed block came back: net, two stock files' blocks were freed
-    // (stock-config-001 became a fast symlink, stock-config-004 was removed).
-    assert_eq!(fs.free_bytes(), free0 + 2 * 4096, "blocks leaked");
+    // (stock-config-001 became a fast symlink, stock-config-004 was removed), and the old
+    // sshd_config block stays with its hard link.
+    assert_eq!(fs.free_bytes(), free0 + 4096, "blocks leaked");
     fs.close().unwrap();
 
     let img = f.check();
@@ -540,6 +557,17 @@ fn ext4_full_filesystem_is_refused_and_left_unchanged() {
     );
     fs.symlink("/etc/x", &"y".repeat(5000), &attrs(0o777, 0, 0))
         .unwrap_err();
+    let too_late = Attrs {
+        mtime: i64::MAX,
+        ..attrs(0o644, 0, 0)
+    };
+    let err = fs
+        .write_file("/etc/late", &mut Unread, 0, &too_late)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("outside what ext4 can store"),
+        "{err}"
+    );
     fs.close().unwrap();
     assert!(
         fs::read(&f.image).unwrap() == before,
