@@ -87,8 +87,8 @@ pub struct StaticNetwork {
     pub address: Ipv4Addr,
     /// The prefix length (0..=32), e.g. 24.
     pub prefix_len: u8,
-    /// The default gateway.
-    pub gateway: Ipv4Addr,
+    /// The default gateway; `None` for a network without a default route.
+    pub gateway: Option<Ipv4Addr>,
     /// DNS servers, in order; may be empty.
     pub dns: Vec<IpAddr>,
     /// DNS search domains, in order; may be empty.
@@ -329,14 +329,15 @@ fn static_ethernet(net: &StaticNetwork, release: Release) -> Result<Mapping, Clo
     eth.insert("dhcp4".into(), false.into());
     let cidr = format!("{}/{}", net.address, net.prefix_len);
     eth.insert("addresses".into(), Value::Sequence(vec![cidr.into()]));
-    let gateway = net.gateway.to_string();
-    if release.uses_gateway4() {
-        eth.insert("gateway4".into(), gateway.into());
-    } else {
-        let mut route = Mapping::new();
-        route.insert("to".into(), "default".into());
-        route.insert("via".into(), gateway.into());
-        eth.insert("routes".into(), Value::Sequence(vec![route.into()]));
+    if let Some(gateway) = net.gateway.map(|g| g.to_string()) {
+        if release.uses_gateway4() {
+            eth.insert("gateway4".into(), gateway.into());
+        } else {
+            let mut route = Mapping::new();
+            route.insert("to".into(), "default".into());
+            route.insert("via".into(), gateway.into());
+            eth.insert("routes".into(), Value::Sequence(vec![route.into()]));
+        }
     }
     let mut nameservers = Mapping::new();
     if !net.dns.is_empty() {
@@ -682,7 +683,7 @@ mod tests {
             interface: "eth0".into(),
             address: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 33,
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
             dns: vec![],
             search: vec![],
         });

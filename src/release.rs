@@ -1,5 +1,7 @@
 //! Which Ubuntu release a base image holds, and what that means for patching it.
 
+use crate::ext4::OsRelease;
+
 /// The Ubuntu releases whose Raspberry Pi images pi-image knows how to patch.
 ///
 /// The differences that matter: 20.04 boots the Pi 4 through U-Boot and keeps user boot settings
@@ -64,18 +66,22 @@ impl Release {
     }
 }
 
-/// The release a base image holds, judged from its stock boot files: 20.04's config.txt includes
-/// `usercfg.txt`; 24.04's user-data sets passwords with the `chpasswd: users:` form, 22.04's with
-/// `chpasswd: list:`. Used when the root filesystem's `/etc/os-release` cannot be read.
-pub fn detect_from_boot_files(config_txt: &str, user_data: &str) -> Release {
+/// The release a base image holds: what its `/etc/os-release` says, checked against how its
+/// boot partition is laid out (20.04's `config.txt` ends with `include usercfg.txt`, later
+/// releases have no usercfg.txt), since that decides where boot settings must go.
+pub fn detect(os_release: &OsRelease, config_txt: &str) -> Result<Release, String> {
+    let described = os_release.pretty_name.clone().unwrap_or_else(|| format!("{} {}", os_release.id, os_release.version_id));
+    let release = os_release.release().ok_or_else(|| {
+        format!("the root filesystem holds {described}; pi-image supports Ubuntu 20.04, 22.04 and 24.04")
+    })?;
     let includes_usercfg = config_txt.lines().any(|l| l.trim() == "include usercfg.txt");
-    if includes_usercfg {
-        Release::Focal
-    } else if user_data.lines().any(|l| l.trim_start().starts_with("users:")) {
-        Release::Noble
-    } else {
-        Release::Jammy
+    if includes_usercfg != release.uses_usercfg() {
+        return Err(format!(
+            "/etc/os-release says {described}, but the boot partition's config.txt {} `include usercfg.txt`, unlike that release's stock boot files",
+            if includes_usercfg { "has" } else { "lacks" }
+        ));
     }
+    Ok(release)
 }
 
 impl std::fmt::Display for Release {
@@ -87,6 +93,20 @@ impl std::fmt::Display for Release {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn os(version_id: &str) -> OsRelease {
+        OsRelease::parse(&format!("ID=ubuntu\nVERSION_ID=\"{version_id}\"\n")).unwrap()
+    }
+
+    #[test]
+    fn os_release_decides_and_the_boot_files_must_agree() {
+        let focal_cfg = "[all]\ninclude syscfg.txt\ninclude usercfg.txt\n";
+        assert_eq!(detect(&os("20.04"), focal_cfg), Ok(Release::Focal));
+        assert_eq!(detect(&os("22.04"), "[all]\nkernel=vmlinuz\n"), Ok(Release::Jammy));
+        assert!(detect(&os("22.04"), focal_cfg).unwrap_err().contains("has `include usercfg.txt`"));
+        assert!(detect(&os("20.04"), "").unwrap_err().contains("lacks"));
+        assert!(detect(&os("18.04"), focal_cfg).unwrap_err().contains("supports Ubuntu 20.04"));
+    }
 
     #[test]
     fn version_ids_round_trip_and_point_releases_match() {

@@ -43,7 +43,7 @@ fn lan(release: Release) -> NodeCloudConfig {
             interface: "eth0".into(),
             address: Ipv4Addr::new(192, 168, 1, 11),
             prefix_len: 24,
-            gateway: Ipv4Addr::new(192, 168, 1, 1),
+            gateway: Some(Ipv4Addr::new(192, 168, 1, 1)),
             dns: vec![
                 IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)),
                 "2606:4700:4700::1111".parse().unwrap(),
