@@ -225,6 +225,8 @@ impl<'a, T: ReadWriteSeek + 'a> Dir<'a, T> {
     /// Creates new directory or opens existing.
     ///
     /// `path` is a '/' separated path relative to self directory.
+    // PATCHED (pi-image, see PATCHES.md): "." and ".." are written as bare short entries in the
+    // first two slots (no long-name entries), and ".." holds cluster 0 when the parent is the root.
     pub fn create_dir(&self, path: &str) -> io::Result<Self> {
         trace!("create_dir {}", path);
         // traverse path
@@ -243,14 +245,20 @@ impl<'a, T: ReadWriteSeek + 'a> Dir<'a, T> {
                 let sfn_entry = self.create_sfn_entry(short_name, FileAttributes::DIRECTORY, Some(cluster));
                 let entry = self.write_entry(name, sfn_entry)?;
                 let dir = entry.to_dir();
-                // create special entries "." and ".."
+                // create special entries "." and ".." in the first two slots of the new (zeroed)
+                // cluster; they must not get long-name entries
+                let mut stream = dir.stream.clone();
                 let dot_sfn = ShortNameGenerator::generate_dot();
                 let sfn_entry = self.create_sfn_entry(dot_sfn, FileAttributes::DIRECTORY, entry.first_cluster());
-                dir.write_entry(".", sfn_entry)?;
+                sfn_entry.serialize(&mut stream)?;
+                // ".." pointing at the root directory holds 0, also on FAT32 where the root has a cluster
+                let parent_cluster = match self.stream.first_cluster() {
+                    Some(n) if Some(n) == self.fs.root_dir().stream.first_cluster() => None,
+                    other => other,
+                };
                 let dotdot_sfn = ShortNameGenerator::generate_dotdot();
-                let sfn_entry =
-                    self.create_sfn_entry(dotdot_sfn, FileAttributes::DIRECTORY, self.stream.first_cluster());
-                dir.write_entry("..", sfn_entry)?;
+                let sfn_entry = self.create_sfn_entry(dotdot_sfn, FileAttributes::DIRECTORY, parent_cluster);
+                sfn_entry.serialize(&mut stream)?;
                 Ok(dir)
             },
             // directory already exists - return it

@@ -138,10 +138,12 @@ impl<'a, T: ReadWriteSeek> File<'a, T> {
         }
     }
 
+    // PATCHED (pi-image, see PATCHES.md): only the root directory has no entry, and it is a
+    // directory too, so clusters it grows into are zeroed like any directory's.
     fn is_dir(&self) -> bool {
         match self.entry {
             Some(ref e) => e.inner().is_dir(),
-            None => false,
+            None => true,
         }
     }
 
