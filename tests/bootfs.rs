@@ -5,6 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use pi_image::bootfs::{BootEntry, BootFs, FatTimestamp};
+
 /// True when fsck.fat, mkfs.vfat and mtools are all there; otherwise says why the test is skipped.
 fn tools_present() -> bool {
     let missing: Vec<&str> = ["mkfs.vfat", "fsck.fat", "mdir", "mtype"]
@@ -97,7 +99,11 @@ fn clear_next_free_hint(image: &Path) {
 }
 
 fn open_raw(path: &Path) -> fs::File {
-    fs::OpenOptions::new().read(true).write(true).open(path).unwrap()
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
 }
 
 /// Regression test for the vendored fatfs: `create_dir` used to give "." and ".." long-name
@@ -151,12 +157,221 @@ fn fatfs_root_dir_growth_into_reused_cluster_is_zeroed() {
         let fs = fatfs::FileSystem::new(open_raw(&img), fatfs::FsOptions::new()).unwrap();
         let root = fs.root_dir();
         for i in 0..200 {
-            root.create_file(&format!("A long file name number {i}.txt")).unwrap();
+            root.create_file(&format!("A long file name number {i}.txt"))
+                .unwrap();
         }
         drop(root);
         fs.unmount().unwrap();
     }
     assert_fsck_clean(&img);
     let listing = mdir(&img, "");
-    assert!(listing.contains("A long file name number 199.txt"), "{listing}");
+    assert!(
+        listing.contains("A long file name number 199.txt"),
+        "{listing}"
+    );
+}
+
+// ---- BootFs -------------------------------------------------------------------------------
+
+const MTIME: i64 = 1_662_033_600; // 2022-09-01 12:00:00 UTC
+const MDIR_STAMP: &str = "2022-09-01  12:00";
+
+fn stamp() -> FatTimestamp {
+    FatTimestamp::from_unix(MTIME)
+}
+
+fn mount(image: &Path) -> BootFs<fs::File> {
+    BootFs::open(open_raw(image), stamp()).unwrap()
+}
+
+/// Deterministic bytes of a given length, different per seed.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A long, mixed-case name with spaces that is not 8.3.
+fn long_name(i: usize) -> String {
+    format!("Node Config {i:03} For The Cluster.Yaml")
+}
+
+/// Every file and directory line of an mdir listing carries the fixed timestamp.
+fn assert_all_stamped(listing: &str) {
+    let entries: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.len() > 13 && !l.starts_with(' ') && !l.starts_with("Directory for"))
+        .collect();
+    assert!(!entries.is_empty(), "{listing}");
+    for line in entries {
+        assert!(
+            line.contains(MDIR_STAMP),
+            "not stamped {MDIR_STAMP}: {line:?}"
+        );
+    }
+}
+
+/// Everything the module is for, in three mounts: nested directories, hundreds of long names so
+/// the root grows across clusters, deletions so later growth reuses freed clusters (with the
+/// FSInfo hint cleared so the allocator starts from the bottom), and replacements.
+/// Returns what each surviving file should hold.
+fn scenario(img: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut expect: Vec<(String, Vec<u8>)> = Vec::new();
+    {
+        let boot = mount(img);
+        boot.create_dir_all("overlays/Extra Dir/deeper").unwrap();
+        boot.write_bytes(
+            "overlays/Extra Dir/deeper/My Overlay.dtbo",
+            &content(1, 3000),
+        )
+        .unwrap();
+        boot.write_file("config.txt", &mut &b"[pi4]\nkernel=uboot_rpi_4.bin\n"[..])
+            .unwrap();
+        // Spread a large file over many clusters, to be freed later.
+        boot.write_bytes("filler.bin", &content(2, 600 << 10))
+            .unwrap();
+        for i in 0..150 {
+            boot.write_bytes(&long_name(i), &content(100 + i as u64, 10 + i * 7))
+                .unwrap();
+        }
+        boot.unmount().unwrap();
+    }
+    assert_fsck_clean(img);
+    clear_next_free_hint(img);
+    {
+        let boot = mount(img);
+        boot.remove("filler.bin").unwrap();
+        for i in (0..150).step_by(3) {
+            boot.remove(&long_name(i)).unwrap();
+        }
+        boot.unmount().unwrap();
+    }
+    assert_fsck_clean(img);
+    clear_next_free_hint(img);
+    {
+        let boot = mount(img);
+        // 150 more long names: the root grows into the clusters filler.bin held.
+        for i in 150..300 {
+            boot.write_bytes(&long_name(i), &content(100 + i as u64, 5 + i))
+                .unwrap();
+        }
+        // Replace with shorter, longer and empty content, through both writers.
+        boot.write_bytes("config.txt", b"[all]\n").unwrap();
+        boot.write_file(
+            "overlays/Extra Dir/deeper/My Overlay.dtbo",
+            &mut &content(3, 9000)[..],
+        )
+        .unwrap();
+        boot.write_bytes(&long_name(1), &[]).unwrap();
+        boot.write_bytes("overlays/new dir/Created Late.txt", b"late\n")
+            .unwrap();
+        boot.unmount().unwrap();
+    }
+    assert_fsck_clean(img);
+
+    expect.push(("config.txt".into(), b"[all]\n".to_vec()));
+    expect.push((
+        "overlays/Extra Dir/deeper/My Overlay.dtbo".into(),
+        content(3, 9000),
+    ));
+    expect.push((
+        "overlays/new dir/Created Late.txt".into(),
+        b"late\n".to_vec(),
+    ));
+    expect.push((long_name(1), Vec::new()));
+    for i in (2..150).filter(|i| i % 3 != 0) {
+        expect.push((long_name(i), content(100 + i as u64, 10 + i * 7)));
+    }
+    for i in 150..300 {
+        expect.push((long_name(i), content(100 + i as u64, 5 + i)));
+    }
+    expect
+}
+
+#[test]
+fn many_long_names_nested_dirs_reuse_and_replace_pass_fsck_and_mtools() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("boot.img");
+    make_image(&img);
+    let expect = scenario(&img);
+
+    for (path, data) in &expect {
+        assert_eq!(&mtype(&img, path), data, "mtype ::{path}");
+    }
+    let root = mdir(&img, "");
+    assert!(
+        root.contains(" Node Config 299 For The Cluster.Yaml"),
+        "{root}"
+    );
+    assert!(!root.contains("filler.bin"), "{root}");
+    assert!(!root.contains("Node Config 000 "), "{root}");
+    assert_all_stamped(&root);
+    assert_all_stamped(&mdir(&img, "overlays"));
+    assert_all_stamped(&mdir(&img, "overlays/Extra Dir/deeper"));
+
+    // And our own reader agrees with mtools.
+    let boot = mount(&img);
+    assert_eq!(boot.volume_label().unwrap(), "system-boot");
+    for (path, data) in &expect {
+        assert_eq!(boot.read_file(path).unwrap().as_ref(), Some(data), "{path}");
+    }
+    assert_eq!(boot.read_file("filler.bin").unwrap(), None);
+    assert_eq!(boot.read_file("no/such/dir.txt").unwrap(), None);
+    assert!(boot.exists("overlays/extra dir/DEEPER"));
+    assert!(boot.exists("/"));
+    assert!(!boot.exists("Node Config 000 For The Cluster.Yaml"));
+    let listed = boot.list_dir("").unwrap();
+    let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(listed.len(), expect.len() - 2 + 1, "{names:?}"); // + overlays, - 2 nested files
+    let overlays = boot.list_dir("overlays").unwrap();
+    assert_eq!(
+        overlays,
+        [
+            BootEntry {
+                name: "Extra Dir".into(),
+                is_dir: true,
+                size: 0
+            },
+            BootEntry {
+                name: "new dir".into(),
+                is_dir: true,
+                size: 0
+            },
+        ]
+    );
+    let mut out = Vec::new();
+    let n = boot.copy_file_to(&long_name(299), &mut out).unwrap();
+    assert_eq!((n, out), (304, content(399, 304)));
+    boot.unmount().unwrap();
+    assert_fsck_clean(&img);
+}
+
+#[test]
+fn two_runs_give_identical_images() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    make_image(&base);
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    fs::copy(&base, &a).unwrap();
+    fs::copy(&base, &b).unwrap();
+    scenario(&a);
+    scenario(&b);
+    assert!(
+        fs::read(&a).unwrap() == fs::read(&b).unwrap(),
+        "images differ"
+    );
+    // The original image got changed at all (guards against comparing two untouched copies).
+    assert!(fs::read(&a).unwrap() != fs::read(&base).unwrap());
 }
