@@ -437,7 +437,7 @@ impl<F: Read + Write + Seek> BootFs<F> {
                 Some(_) => {
                     return Err(BootFsError::BadPath {
                         path: path.into(),
-                        reason: "a parent is a file, not a directory",
+                        reason: "a file stands where a directory is needed",
                     });
                 }
                 None => dir
@@ -457,7 +457,7 @@ impl<F: Read + Write + Seek> BootFs<F> {
                 Some(_) => {
                     return Err(BootFsError::BadPath {
                         path: path.into(),
-                        reason: "a parent is a file, not a directory",
+                        reason: "a file stands where a directory is needed",
                     });
                 }
                 None => return Err(BootFsError::NotFound { path: path.into() }),

@@ -5,7 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pi_image::bootfs::{BootEntry, BootFs, FatTimestamp};
+use pi_image::bootfs::{BootEntry, BootFs, BootFsError, FatTimestamp};
+use pi_image::partview::PartitionView;
 
 /// True when fsck.fat, mkfs.vfat and mtools are all there; otherwise says why the test is skipped.
 fn tools_present() -> bool {
@@ -374,4 +375,161 @@ fn two_runs_give_identical_images() {
     );
     // The original image got changed at all (guards against comparing two untouched copies).
     assert!(fs::read(&a).unwrap() != fs::read(&base).unwrap());
+}
+
+/// The production setup: the boot partition as a PartitionView of a larger image file. A 30 MB
+/// "kernel" streams in and out, and not one byte outside the partition changes.
+#[test]
+fn through_partition_view_nothing_outside_changes() {
+    if !tools_present() {
+        return;
+    }
+    const OFFSET: u64 = 1 << 20;
+    const LEN: u64 = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("part.img");
+    let f = fs::File::create(&part).unwrap();
+    f.set_len(LEN).unwrap();
+    drop(f);
+    run(tool("mkfs.vfat")
+        .args(["-F", "32", "-n", "system-boot", "-i", "12345678"])
+        .arg(&part));
+    let prefix = content(7, OFFSET as usize);
+    let suffix = content(8, 1 << 20);
+    let disk = dir.path().join("disk.img");
+    let mut whole = prefix.clone();
+    whole.extend(fs::read(&part).unwrap());
+    whole.extend(&suffix);
+    fs::write(&disk, &whole).unwrap();
+    drop(whole);
+
+    let kernel = content(9, 30 << 20);
+    let started = std::time::Instant::now();
+    {
+        let view = PartitionView::new(open_raw(&disk), OFFSET, LEN).unwrap();
+        let boot = BootFs::open(view, stamp()).unwrap();
+        assert_eq!(boot.volume_label().unwrap(), "system-boot");
+        boot.write_bytes("cmdline.txt", b"console=tty1 root=LABEL=writable\n")
+            .unwrap();
+        let n = boot.write_file("vmlinuz", &mut &kernel[..]).unwrap();
+        assert_eq!(n, kernel.len() as u64);
+        eprintln!("wrote 30 MB in {:?}", started.elapsed());
+        let mut back = Vec::new();
+        let read_started = std::time::Instant::now();
+        boot.copy_file_to("vmlinuz", &mut back).unwrap();
+        eprintln!("read 30 MB back in {:?}", read_started.elapsed());
+        assert!(back == kernel, "vmlinuz read back differs");
+        boot.unmount().unwrap();
+    }
+
+    let after = fs::read(&disk).unwrap();
+    assert_eq!(after.len() as u64, OFFSET + LEN + suffix.len() as u64);
+    assert!(
+        after[..OFFSET as usize] == prefix[..],
+        "bytes before the partition changed"
+    );
+    assert!(
+        after[(OFFSET + LEN) as usize..] == suffix[..],
+        "bytes after the partition changed"
+    );
+    fs::write(&part, &after[OFFSET as usize..(OFFSET + LEN) as usize]).unwrap();
+    drop(after);
+    assert_fsck_clean(&part);
+    assert!(mtype(&part, "vmlinuz") == kernel, "mtype ::vmlinuz differs");
+    assert_eq!(
+        mtype(&part, "cmdline.txt"),
+        b"console=tty1 root=LABEL=writable\n"
+    );
+    assert_all_stamped(&mdir(&part, ""));
+}
+
+/// Errors name the path inside the partition and say what went wrong; a failed write leaves a
+/// filesystem fsck.fat still accepts.
+#[test]
+fn errors_are_clear_and_leave_a_consistent_filesystem() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("tiny.img");
+    let f = fs::File::create(&img).unwrap();
+    f.set_len(4 << 20).unwrap();
+    drop(f);
+    run(tool("mkfs.vfat").args(["-n", "TINY"]).arg(&img));
+
+    let boot = mount(&img);
+    let free = boot.free_bytes().unwrap();
+    assert!(free > 3 << 20 && free < 4 << 20, "{free}");
+    boot.write_bytes("config.txt", b"x\n").unwrap();
+    boot.create_dir_all("overlays").unwrap();
+
+    let big = content(5, 5 << 20);
+    let err = boot.write_bytes("overlays/huge.dtbo", &big).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, BootFsError::Full { need: 5242880, .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.starts_with("boot partition full writing overlays/huge.dtbo: need 5242880 bytes, "),
+        "{msg}"
+    );
+    assert!(
+        !boot.exists("overlays/huge.dtbo"),
+        "nothing written when it cannot fit"
+    );
+
+    let err = boot.write_file("streamed.bin", &mut &big[..]).unwrap_err();
+    assert!(
+        matches!(err, BootFsError::RanOutOfSpace { ref path, written } if path == "streamed.bin" && written > 3 << 20),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("streamed.bin"), "{err}");
+
+    let err = boot
+        .copy_file_to("overlays/missing.dtbo", &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "boot partition: overlays/missing.dtbo: no such file or directory"
+    );
+    let err = boot.write_bytes("overlays", b"").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "boot partition: overlays is a directory, not a file"
+    );
+    let err = boot.write_bytes("config.txt/inner", b"").unwrap_err();
+    assert!(matches!(err, BootFsError::BadPath { .. }), "{err:?}");
+    assert!(err.to_string().contains("config.txt/inner"), "{err}");
+    let err = boot.write_bytes("bad*name.txt", b"").unwrap_err();
+    assert!(err.to_string().contains("bad*name.txt"), "{err}");
+    // Removing the partial file gives its space back.
+    boot.remove("streamed.bin").unwrap();
+    assert!(boot.free_bytes().unwrap() > 3 << 20);
+    boot.write_bytes("overlays/a.dtbo", b"a").unwrap();
+    let err = boot.remove("overlays").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("boot partition: removing overlays: "),
+        "{err}"
+    );
+    boot.unmount().unwrap();
+    assert_fsck_clean(&img);
+
+    // Not FAT at all: zeros, and an MBR-like sector.
+    let zeros = dir.path().join("zeros.img");
+    fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    let err = BootFs::open(open_raw(&zeros), stamp()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "boot partition is not a FAT filesystem: its first sector is all zeros (unformatted?)"
+    );
+    let mut mbr = vec![0u8; 1 << 20];
+    mbr[446] = 0x80;
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    fs::write(&zeros, &mbr).unwrap();
+    let err = BootFs::open(open_raw(&zeros), stamp()).unwrap_err();
+    assert!(matches!(err, BootFsError::NotFat { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a FAT filesystem"), "{err}");
 }
