@@ -533,3 +533,57 @@ fn errors_are_clear_and_leave_a_consistent_filesystem() {
     assert!(matches!(err, BootFsError::NotFat { .. }), "{err:?}");
     assert!(err.to_string().contains("not a FAT filesystem"), "{err}");
 }
+
+/// The stock layout: the replica of Ubuntu 20.04.5's image (tests/fixtures), its system-boot
+/// partition at sector 2048, 524288 sectors, opened in place.
+#[test]
+fn ubuntu_replica_boot_partition_reads_and_edits_cleanly() {
+    if !tools_present() {
+        return;
+    }
+    let Some(xz) = find_tool("xz") else {
+        eprintln!("skipping: xz not installed");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("ubuntu.img");
+    let out = run(Command::new(xz)
+        .arg("-dc")
+        .arg(root.join("tests/fixtures/ubuntu-20.04.5-replica.img.xz")));
+    fs::write(&disk, &out.stdout).unwrap();
+    drop(out);
+    let (offset, len) = (2048 * 512, 524_288 * 512);
+
+    let stock = root.join("tests/fixtures/bootfiles/focal-20.04.5");
+    {
+        let view = PartitionView::new(open_raw(&disk), offset, len).unwrap();
+        let boot = BootFs::open(view, stamp()).unwrap();
+        assert_eq!(boot.volume_label().unwrap(), "system-boot");
+        for name in ["config.txt", "cmdline.txt", "user-data", "network-config"] {
+            let want = fs::read(stock.join(name)).unwrap();
+            assert_eq!(boot.read_file(name).unwrap(), Some(want), "{name}");
+        }
+        assert!(boot.exists("overlays/dwc2.dtbo"));
+        boot.write_bytes("user-data", b"#cloud-config\nhostname: node1\n")
+            .unwrap();
+        boot.write_bytes("meta-data", b"instance-id: node1-abc\n")
+            .unwrap();
+        boot.write_bytes("overlays/Cluster Fan Control.dtbo", &content(11, 2500))
+            .unwrap();
+        boot.unmount().unwrap();
+    }
+    let part = dir.path().join("boot.img");
+    let bytes = fs::read(&disk).unwrap();
+    fs::write(&part, &bytes[offset as usize..(offset + len) as usize]).unwrap();
+    assert_fsck_clean(&part);
+    assert_eq!(
+        mtype(&part, "user-data"),
+        b"#cloud-config\nhostname: node1\n"
+    );
+    assert_eq!(mtype(&part, "meta-data"), b"instance-id: node1-abc\n");
+    assert_eq!(
+        mtype(&part, "overlays/Cluster Fan Control.dtbo"),
+        content(11, 2500)
+    );
+}
