@@ -79,42 +79,63 @@ pub fn remove(text: &str, section: &str, key: &str) -> String {
 }
 
 /// Confines `key` to `sections`: deletes every line setting it in blocks outside them (including
-/// blocks under combined filters) and makes the last deleted value effective in each of `sections`
-/// instead.
+/// blocks under combined filters) and makes the value those lines gave each of `sections` effective
+/// there instead.
 ///
-/// A section that already sets the key after the last deleted line keeps its own value (it won
-/// before, and still wins). Otherwise the key is set in place if the section has it, else added to
-/// the section's last existing block (safe there, since no line outside `sections` sets the key any
-/// more), else appended in a new block as [`set`] does. Idempotent: a second run finds nothing
-/// outside `sections`.
+/// For each section that value is the one on the last deleted line whose block applied to all of
+/// that section's models (`[all]`, the section itself, or a wider model filter such as `[pi3]` for
+/// `pi3+`); a section no deleted line applied to gets nothing. A section that already sets the key
+/// after that line keeps its own value (it won before, and still wins). Otherwise the key is set in
+/// place if the section has it, else added to the section's last existing block (safe there, since
+/// no line outside `sections` sets the key any more), else appended in a new block as [`set`] does.
+/// Idempotent: a second run finds nothing outside `sections`.
 ///
 /// Example: `confine_key(cfg, "device_tree_address", &["pi2", "pi3", "pi0"])` keeps U-Boot working on
 /// older models while a Pi 4 booting the kernel directly sees no `device_tree_address`.
 pub fn confine_key(text: &str, key: &str, sections: &[&str]) -> String {
     let mut doc = Doc::parse(text);
     let outside = doc.lines_setting(key, |s| !s.is_some_and(|s| sections.contains(&s)));
-    let Some(&last) = outside.last() else {
+    if outside.is_empty() {
         return doc.render();
-    };
-    let Some(value) = doc.value_at(last).map(str::to_owned) else {
-        return doc.render();
-    };
-    let pending: Vec<&str> = sections
-        .iter()
-        .copied()
-        .filter(|s| {
-            !doc.lines_setting(key, |x| x == Some(*s))
-                .iter()
-                .any(|&i| i > last)
-        })
-        .collect();
+    }
+    let scopes = doc.scopes();
+    let mut moves: Vec<(&str, String)> = Vec::new();
+    for &section in sections {
+        let applied = outside.iter().rev().find(|&&i| {
+            scopes[i]
+                .section
+                .as_deref()
+                .is_some_and(|filter| covers(filter, section))
+        });
+        let Some(&last) = applied else { continue };
+        let own_later = doc
+            .lines_setting(key, |s| s == Some(section))
+            .iter()
+            .any(|&i| i > last);
+        let repeated = moves.iter().any(|(s, _)| *s == section);
+        if let (false, false, Some(value)) = (own_later, repeated, doc.value_at(last)) {
+            moves.push((section, value.to_owned()));
+        }
+    }
     doc.delete(&outside);
-    for section in pending {
+    for (section, value) in moves {
         if is_writable(section, key, &value) {
             doc.place(section, key, &value);
         }
     }
     doc.render()
+}
+
+/// Whether lines under `[filter]` apply to every model `[section]` selects.
+fn covers(filter: &str, section: &str) -> bool {
+    if filter == "all" || filter == section {
+        return true;
+    }
+    let mut selected = Model::ALL
+        .into_iter()
+        .filter(|m| m.matches_filter(section))
+        .peekable();
+    selected.peek().is_some() && selected.all(|m| m.matches_filter(filter))
 }
 
 /// What one line of config.txt is.
@@ -794,6 +815,17 @@ mod tests {
         );
         let text = "[pi3]\ndta=2\n[all]\ndta=1\n";
         assert_eq!(confine_key(text, "dta", &["pi3"]), "[pi3]\ndta=1\n[all]\n");
+    }
+
+    #[test]
+    fn confine_key_moves_only_values_that_applied() {
+        let text = "[all]\ndta=1\n[pi4]\ndta=4\n[pi3]\nx=1\n[pi3+]\n[pi02]\ndta=2\n[all]\n";
+        assert_eq!(
+            confine_key(text, "dta", &["pi3", "pi3+", "pi0", "pi1"]),
+            "[all]\n[pi4]\n[pi3]\nx=1\ndta=1\n[pi3+]\ndta=1\n[pi02]\n[all]\n\n[pi0]\ndta=1\n\n[pi1]\ndta=1\n"
+        );
+        assert!(covers("pi3", "pi3+") && covers("pi4", "cm4") && covers("pi0", "pi02"));
+        assert!(!covers("pi3+", "pi3") && !covers("pi02", "pi0") && !covers("HDMI:0", "pi4"));
     }
 
     #[test]
