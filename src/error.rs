@@ -1,16 +1,36 @@
-//! The library's error type.
+//! The library's error type: one variant per module error, each already naming its file and field.
+
+use std::path::PathBuf;
 
 /// Errors the library reports. Each names the file (and where known the field) it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file the error is about.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A profile is invalid.
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
+    /// A partition table is missing, invalid or truncated.
+    #[error(transparent)]
+    Partition(#[from] crate::partition::PartitionError),
+    /// A base image cannot be read or an output cannot be written.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// The FAT boot partition cannot be read or changed.
+    #[error(transparent)]
+    BootFs(#[from] crate::bootfs::BootFsError),
+    /// The ext4 root filesystem cannot be read or changed.
+    #[error(transparent)]
+    Ext4(#[from] crate::ext4::Ext4Error),
+    /// An overlay tree is invalid.
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Msg(String),

@@ -38,7 +38,10 @@ pub enum ImageError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io { path: path.to_owned(), source }
+    move |source| ImageError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Open a base image for reading as a stream of raw image bytes: `.xz` files (recognised by their
@@ -71,7 +74,10 @@ struct XzStreams<R: BufRead> {
 
 impl<R: BufRead> XzStreams<R> {
     fn new(reader: R) -> Self {
-        XzStreams { current: None, idle: Some(reader) }
+        XzStreams {
+            current: None,
+            idle: Some(reader),
+        }
     }
 
     fn decoder(reader: R) -> io::Result<liblzma::bufread::XzDecoder<R>> {
@@ -96,7 +102,9 @@ impl<R: BufRead> Read for XzStreams<R> {
                 }
                 self.idle = self.current.take().map(|d| d.into_inner());
             }
-            let Some(mut reader) = self.idle.take() else { return Ok(0) };
+            let Some(mut reader) = self.idle.take() else {
+                return Ok(0);
+            };
             // Stream padding (NUL bytes in multiples of four) may sit between streams.
             loop {
                 let head = reader.fill_buf()?;
@@ -174,7 +182,10 @@ impl PendingOutput {
     /// Create the temp file for `target` in the same directory (so the rename is atomic).
     pub fn create(target: &Path) -> Result<PendingOutput, ImageError> {
         let dir = parent_dir(target);
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let file = OpenOptions::new()
             .read(true)
@@ -183,7 +194,12 @@ impl PendingOutput {
             .truncate(true)
             .open(&temp)
             .map_err(io_err(&temp))?;
-        Ok(PendingOutput { temp, target: target.to_owned(), file, committed: false })
+        Ok(PendingOutput {
+            temp,
+            target: target.to_owned(),
+            file,
+            committed: false,
+        })
     }
 
     /// The open temp file.
@@ -207,7 +223,9 @@ impl PendingOutput {
         fs::rename(&self.temp, &self.target).map_err(io_err(&self.target))?;
         self.committed = true;
         let dir = parent_dir(&self.target);
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir))?;
         Ok(self.target.clone())
     }
 }

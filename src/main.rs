@@ -1,1 +1,131 @@
-fn main() {}
+//! The `pi-image` command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use pi_image::build::{self, BuildOptions};
+use pi_image::profile::{BaseSpec, Profile};
+use pi_image::{inspect, profile};
+
+/// Turn the stock Ubuntu Raspberry Pi image into per-node, ready-to-boot images for a cluster.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The cluster profile.
+    #[arg(long, global = true, default_value = "profiles/cluster.toml")]
+    profile: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build one image per node: `<out>/<node>.img`.
+    Build {
+        /// The node to build (repeatable).
+        #[arg(long, required_unless_present = "all")]
+        node: Vec<String>,
+        /// Build every node of the profile.
+        #[arg(long, conflicts_with = "node")]
+        all: bool,
+        /// The base image (.img or .img.xz); overrides the profile's `base`.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// Show what is in an image: partitions, release, effective config.txt, cmdline, cloud-init.
+    Inspect {
+        /// The image to inspect.
+        image: PathBuf,
+        /// The board whose effective config.txt to show (pi4, pi400, cm4, pi3, ...).
+        #[arg(long, default_value = "pi4")]
+        model: String,
+    },
+    /// List the nodes a profile defines.
+    Nodes,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pi-image: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Build { node, all, base, out } => {
+            let profile = load_profile(&cli.profile)?;
+            let nodes = if all {
+                profile.nodes.iter().collect::<Vec<_>>()
+            } else {
+                node.iter()
+                    .map(|name| {
+                        profile.node(name).with_context(|| {
+                            format!(
+                                "{}: no node named '{name}' (nodes: {})",
+                                profile.path.display(),
+                                profile.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            let base = match (base, &profile.base) {
+                (Some(b), _) => b,
+                (None, BaseSpec::Path(p)) => p.clone(),
+                (None, BaseSpec::Url(url)) => bail!(
+                    "{}: cluster.base is a URL ({url}): download not available yet; pass --base with a local .img or .img.xz",
+                    profile.path.display()
+                ),
+            };
+            let epoch = source_date_epoch()?;
+            let opts = BuildOptions { base, out_dir: out, epoch };
+            for img in build::build_nodes(&profile, &nodes, &opts)? {
+                println!(
+                    "{:<8} {}  {:>6} MiB  sha256 {}  target {}  {}",
+                    img.node,
+                    img.path.display(),
+                    img.size >> 20,
+                    img.sha256,
+                    img.target,
+                    img.release
+                );
+            }
+            Ok(())
+        }
+        Command::Inspect { image, model } => {
+            let model = model.parse().map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
+            print!("{}", inspect::inspect(&image, model)?);
+            Ok(())
+        }
+        Command::Nodes => {
+            let profile = load_profile(&cli.profile)?;
+            print!("{}", inspect::nodes_table(&profile));
+            Ok(())
+        }
+    }
+}
+
+fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
+    Ok(profile::Profile::load(path)?)
+}
+
+/// `SOURCE_DATE_EPOCH` (reproducible-builds.org) or the fixed default.
+fn source_date_epoch() -> anyhow::Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970")),
+        Err(_) => Ok(build::DEFAULT_EPOCH),
+    }
+}

@@ -71,6 +71,15 @@ pub enum TableKind {
     Gpt,
 }
 
+impl std::fmt::Display for TableKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TableKind::Mbr => "MBR (dos)",
+            TableKind::Gpt => "GPT",
+        })
+    }
+}
+
 /// What a partition holds, judged from its first bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
@@ -126,7 +135,10 @@ pub struct PartitionTable {
 impl PartitionTable {
     /// Read the table of the image at `path` and probe each partition's content.
     pub fn read(path: &Path) -> Result<PartitionTable, PartitionError> {
-        let io = |source| PartitionError::Io { path: path.to_owned(), source };
+        let io = |source| PartitionError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let mut file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < SECTOR {
@@ -161,7 +173,11 @@ impl PartitionTable {
             }
             p.content = probe(&mut file, p.start).map_err(io)?;
         }
-        Ok(PartitionTable { kind, disk_id, partitions })
+        Ok(PartitionTable {
+            kind,
+            disk_id,
+            partitions,
+        })
     }
 
     /// The boot partition: the first partition holding a FAT filesystem (`system-boot`).
@@ -195,7 +211,10 @@ fn read_mbr(
     sector: &[u8; 512],
 ) -> Result<(TableKind, String, Vec<Partition>), PartitionError> {
     file.seek(SeekFrom::Start(0))
-        .map_err(|source| PartitionError::Io { path: path.to_owned(), source })?;
+        .map_err(|source| PartitionError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     let mbr = mbrman::MBR::read_from(file, SECTOR as u32).map_err(|e| PartitionError::NoTable {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -254,16 +273,22 @@ fn probe(file: &mut File, start: u64) -> std::io::Result<Content> {
     }
     // ext2/3/4: superblock at 1024, magic 0xef53 at offset 0x38, label at 0x78.
     if head[1024 + 0x38..1024 + 0x3a] == [0x53, 0xef] {
-        return Ok(Content::Ext4 { label: c_string(&head[1024 + 0x78..1024 + 0x88]) });
+        return Ok(Content::Ext4 {
+            label: c_string(&head[1024 + 0x78..1024 + 0x88]),
+        });
     }
     // FAT: boot signature plus the file-system type string (FAT32 at 0x52, FAT12/16 at 0x36);
     // the volume label sits 11 bytes before it.
     if head[510..512] == [0x55, 0xaa] {
         if &head[0x52..0x57] == b"FAT32" {
-            return Ok(Content::Fat { label: c_string(&head[0x47..0x52]) });
+            return Ok(Content::Fat {
+                label: c_string(&head[0x47..0x52]),
+            });
         }
         if &head[0x36..0x39] == b"FAT" {
-            return Ok(Content::Fat { label: c_string(&head[0x2b..0x36]) });
+            return Ok(Content::Fat {
+                label: c_string(&head[0x2b..0x36]),
+            });
         }
     }
     Ok(Content::Unknown)
@@ -282,18 +307,26 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).trim_end().to_string()
+    String::from_utf8_lossy(&bytes[..end])
+        .trim_end()
+        .to_string()
 }
 
 /// Set the 32-bit MBR disk identifier of the image open in `file` (which `root=PARTUUID=<id>-02`
 /// refers to). Only those four bytes change.
 pub fn set_mbr_disk_id(file: &mut File, path: &Path, id: u32) -> Result<(), PartitionError> {
-    let io = |source| PartitionError::Io { path: path.to_owned(), source };
+    let io = |source| PartitionError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut sector = [0u8; 512];
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.read_exact(&mut sector).map_err(io)?;
     if (0..4).any(|i| sector[446 + i * 16 + 4] == 0xee) {
-        return Err(PartitionError::NotMbr { path: path.to_owned(), what: "setting the disk identifier" });
+        return Err(PartitionError::NotMbr {
+            path: path.to_owned(),
+            what: "setting the disk identifier",
+        });
     }
     file.seek(SeekFrom::Start(MBR_DISK_ID_OFFSET)).map_err(io)?;
     file.write_all(&id.to_le_bytes()).map_err(io)?;

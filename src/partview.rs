@@ -19,7 +19,12 @@ impl<F: Seek> PartitionView<F> {
     /// A view of `len` bytes starting at byte `offset` of `inner`.
     pub fn new(mut inner: F, offset: u64, len: u64) -> io::Result<Self> {
         inner.seek(SeekFrom::Start(offset))?;
-        Ok(PartitionView { inner, offset, len, pos: 0 })
+        Ok(PartitionView {
+            inner,
+            offset,
+            len,
+            pos: 0,
+        })
     }
 
     /// The length of the partition in bytes.
@@ -44,7 +49,9 @@ impl<F: Seek> PartitionView<F> {
 
 impl<F: Read + Seek> Read for PartitionView<F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(usize::try_from(self.remaining()).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.remaining()).unwrap_or(usize::MAX));
         if n == 0 {
             return Ok(0);
         }
@@ -59,7 +66,9 @@ impl<F: Write + Seek> Write for PartitionView<F> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = buf.len().min(usize::try_from(self.remaining()).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.remaining()).unwrap_or(usize::MAX));
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -112,7 +121,10 @@ impl<F: Seek> Seek for ReadOnly<F> {
 
 impl<F> Write for ReadOnly<F> {
     fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(io::ErrorKind::PermissionDenied, "opened read-only"))
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "opened read-only",
+        ))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -166,7 +166,12 @@ impl Profile {
                 message: e.message().trim().to_string(),
             }
         })?;
-        Validator { path, text, dir: path.parent().unwrap_or(Path::new(".")) }.profile(raw)
+        Validator {
+            path,
+            text,
+            dir: path.parent().unwrap_or(Path::new(".")),
+        }
+        .profile(raw)
     }
 
     /// The node called `name`.
@@ -250,7 +255,12 @@ fn pick<'a, T>(node: &'a Option<T>, default: &'a Option<T>) -> Option<&'a T> {
 }
 
 impl Validator<'_> {
-    fn err(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> ProfileError {
+    fn err(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ProfileError {
         let (line, column) = line_col(self.text, span.start);
         ProfileError {
             file: self.path.to_owned(),
@@ -276,10 +286,18 @@ impl Validator<'_> {
             None => self.dir.join("../overlays"),
         };
         if let Some(name) = &raw.defaults.name {
-            return Err(self.err(name.span(), "defaults.name", "a name belongs in [[nodes]], not in [defaults]"));
+            return Err(self.err(
+                name.span(),
+                "defaults.name",
+                "a name belongs in [[nodes]], not in [defaults]",
+            ));
         }
         if raw.nodes.is_empty() {
-            return Err(self.err(0..0, "nodes", "the profile defines no nodes (expected at least one [[nodes]] table)"));
+            return Err(self.err(
+                0..0,
+                "nodes",
+                "the profile defines no nodes (expected at least one [[nodes]] table)",
+            ));
         }
         let mut nodes = Vec::new();
         let mut seen_names: HashMap<String, usize> = HashMap::new();
@@ -290,27 +308,57 @@ impl Validator<'_> {
             let node = self.node(i, raw_node, &raw.defaults, &overlays_dir)?;
             let name_span = raw_node.name.as_ref().map(|n| n.span()).unwrap_or(0..0);
             if let Some(j) = seen_names.insert(node.name.clone(), i) {
-                return Err(self.err(name_span, at("name"), format!("node name '{}' is already used by nodes[{j}]", node.name)));
+                return Err(self.err(
+                    name_span,
+                    at("name"),
+                    format!("node name '{}' is already used by nodes[{j}]", node.name),
+                ));
             }
-            let host_span = raw_node.hostname.as_ref().map(|h| h.span()).unwrap_or(name_span.clone());
+            let host_span = raw_node
+                .hostname
+                .as_ref()
+                .map(|h| h.span())
+                .unwrap_or(name_span.clone());
             if let Some(j) = seen_hosts.insert(node.hostname.to_ascii_lowercase(), i) {
-                return Err(self.err(host_span, at("hostname"), format!("hostname '{}' is already used by nodes[{j}]", node.hostname)));
+                return Err(self.err(
+                    host_span,
+                    at("hostname"),
+                    format!("hostname '{}' is already used by nodes[{j}]", node.hostname),
+                ));
             }
             if let Some(net) = &node.network {
-                let span = raw_node.address.as_ref().map(|a| a.span()).unwrap_or(name_span);
+                let span = raw_node
+                    .address
+                    .as_ref()
+                    .map(|a| a.span())
+                    .unwrap_or(name_span);
                 if let Some(j) = seen_addrs.insert(net.address, i) {
-                    return Err(self.err(span, at("address"), format!("address {} is already used by nodes[{j}]", net.address)));
+                    return Err(self.err(
+                        span,
+                        at("address"),
+                        format!("address {} is already used by nodes[{j}]", net.address),
+                    ));
                 }
             }
             nodes.push(node);
         }
-        Ok(Profile { path: self.path.to_owned(), cluster, base, overlays_dir, nodes })
+        Ok(Profile {
+            path: self.path.to_owned(),
+            cluster,
+            base,
+            overlays_dir,
+            nodes,
+        })
     }
 
     fn base(&self, base: &Spanned<String>) -> Result<BaseSpec, ProfileError> {
         let b = base.get_ref().trim();
         if b.is_empty() {
-            return Err(self.err(base.span(), "cluster.base", "empty (expected \"ubuntu-20.04.5\", a URL or a path)"));
+            return Err(self.err(
+                base.span(),
+                "cluster.base",
+                "empty (expected \"ubuntu-20.04.5\", a URL or a path)",
+            ));
         }
         Ok(match b {
             "ubuntu-20.04.5" => BaseSpec::Url(UBUNTU_20_04_5_URL.into()),
@@ -319,12 +367,30 @@ impl Validator<'_> {
         })
     }
 
-    fn node(&self, i: usize, n: &RawSettings, d: &RawSettings, overlays_dir: &Path) -> Result<Node, ProfileError> {
+    fn node(
+        &self,
+        i: usize,
+        n: &RawSettings,
+        d: &RawSettings,
+        overlays_dir: &Path,
+    ) -> Result<Node, ProfileError> {
         let at = |f: &str| format!("nodes[{i}].{f}");
         // Errors about a value name the table it came from: the node's or [defaults].
-        let field = |f: &str, from_node: bool| if from_node { at(f) } else { format!("defaults.{f}") };
+        let field = |f: &str, from_node: bool| {
+            if from_node {
+                at(f)
+            } else {
+                format!("defaults.{f}")
+            }
+        };
 
-        let name = n.name.as_ref().ok_or_else(|| self.err(0..0, at("name"), "missing (every [[nodes]] entry needs a name)"))?;
+        let name = n.name.as_ref().ok_or_else(|| {
+            self.err(
+                0..0,
+                at("name"),
+                "missing (every [[nodes]] entry needs a name)",
+            )
+        })?;
         if !is_label(name.get_ref()) {
             return Err(self.err(name.span(), at("name"), format!("'{}' is not a valid node name (expected an RFC 1123 label: letters, digits, '-', 1-63 characters, not starting or ending with '-')", name.get_ref())));
         }
@@ -340,7 +406,14 @@ impl Validator<'_> {
         let domain = match pick(&n.domain, &d.domain) {
             Some(dom) => {
                 if !is_domain(dom.get_ref()) {
-                    return Err(self.err(dom.span(), field("domain", n.domain.is_some()), format!("'{}' is not a valid domain (expected dot-separated RFC 1123 labels)", dom.get_ref())));
+                    return Err(self.err(
+                        dom.span(),
+                        field("domain", n.domain.is_some()),
+                        format!(
+                            "'{}' is not a valid domain (expected dot-separated RFC 1123 labels)",
+                            dom.get_ref()
+                        ),
+                    ));
                 }
                 Some(dom.get_ref().clone())
             }
@@ -372,13 +445,22 @@ impl Validator<'_> {
         let timezone = match pick(&n.timezone, &d.timezone) {
             Some(tz) => {
                 if !is_timezone(tz.get_ref()) {
-                    return Err(self.err(tz.span(), field("timezone", n.timezone.is_some()), format!("'{}' is not a timezone name (expected e.g. 'UTC' or 'Europe/Berlin')", tz.get_ref())));
+                    return Err(self.err(
+                        tz.span(),
+                        field("timezone", n.timezone.is_some()),
+                        format!(
+                            "'{}' is not a timezone name (expected e.g. 'UTC' or 'Europe/Berlin')",
+                            tz.get_ref()
+                        ),
+                    ));
                 }
                 Some(tz.get_ref().clone())
             }
             None => None,
         };
-        let target = pick(&n.target, &d.target).map(|t| *t.get_ref()).unwrap_or(Target::Sd);
+        let target = pick(&n.target, &d.target)
+            .map(|t| *t.get_ref())
+            .unwrap_or(Target::Sd);
         let decompress_kernel = match pick(&n.decompress_kernel, &d.decompress_kernel) {
             Some(dk) if *dk.get_ref() && target != Target::Ssd => {
                 return Err(self.err(dk.span(), field("decompress_kernel", n.decompress_kernel.is_some()), "only applies to target = \"ssd\" (the SD boot path loads vmlinuz through U-Boot)"));
@@ -391,13 +473,25 @@ impl Validator<'_> {
                 let v = *oc.get_ref();
                 let f = field("overclock", n.overclock.is_some());
                 if !(600..=3000).contains(&v.arm_freq) {
-                    return Err(self.err(oc.span(), format!("{f}.arm_freq"), format!("{} MHz is out of range (expected 600-3000)", v.arm_freq)));
+                    return Err(self.err(
+                        oc.span(),
+                        format!("{f}.arm_freq"),
+                        format!("{} MHz is out of range (expected 600-3000)", v.arm_freq),
+                    ));
                 }
                 if !(-16..=8).contains(&v.over_voltage) {
-                    return Err(self.err(oc.span(), format!("{f}.over_voltage"), format!("{} is out of range (expected -16..8)", v.over_voltage)));
+                    return Err(self.err(
+                        oc.span(),
+                        format!("{f}.over_voltage"),
+                        format!("{} is out of range (expected -16..8)", v.over_voltage),
+                    ));
                 }
                 if let Some(g) = v.gpu_freq.filter(|g| !(100..=1000).contains(g)) {
-                    return Err(self.err(oc.span(), format!("{f}.gpu_freq"), format!("{g} MHz is out of range (expected 100-1000)")));
+                    return Err(self.err(
+                        oc.span(),
+                        format!("{f}.gpu_freq"),
+                        format!("{g} MHz is out of range (expected 100-1000)"),
+                    ));
                 }
                 Some(v)
             }
@@ -413,12 +507,23 @@ impl Validator<'_> {
                         return Err(self.err(value.span(), f, format!("'[{section}]' is not a config.txt section (expected e.g. all, pi4, cm4)")));
                     }
                     if !is_config_key(key) {
-                        return Err(self.err(value.span(), f, "not a config.txt key (expected letters, digits and '_')"));
+                        return Err(self.err(
+                            value.span(),
+                            f,
+                            "not a config.txt key (expected letters, digits and '_')",
+                        ));
                     }
                     if rendered.contains(['\n', '\r']) {
-                        return Err(self.err(value.span(), f, "the value contains a newline (config.txt takes one line per setting)"));
+                        return Err(self.err(
+                            value.span(),
+                            f,
+                            "the value contains a newline (config.txt takes one line per setting)",
+                        ));
                     }
-                    config_txt.entry(section.clone()).or_insert_with(BTreeMap::new).insert(key.clone(), rendered);
+                    config_txt
+                        .entry(section.clone())
+                        .or_insert_with(BTreeMap::new)
+                        .insert(key.clone(), rendered);
                 }
             }
         }
@@ -437,10 +542,26 @@ impl Validator<'_> {
             for o in list.iter().flatten() {
                 let f = field("overlays", from_node);
                 if !is_overlay_name(o.get_ref()) {
-                    return Err(self.err(o.span(), f, format!("'{}' is not an overlay name (expected a directory name under {})", o.get_ref(), overlays_dir.display())));
+                    return Err(self.err(
+                        o.span(),
+                        f,
+                        format!(
+                            "'{}' is not an overlay name (expected a directory name under {})",
+                            o.get_ref(),
+                            overlays_dir.display()
+                        ),
+                    ));
                 }
                 if !overlays_dir.join(o.get_ref()).is_dir() {
-                    return Err(self.err(o.span(), f, format!("overlay '{}' not found (expected a directory {})", o.get_ref(), overlays_dir.join(o.get_ref()).display())));
+                    return Err(self.err(
+                        o.span(),
+                        f,
+                        format!(
+                            "overlay '{}' not found (expected a directory {})",
+                            o.get_ref(),
+                            overlays_dir.join(o.get_ref()).display()
+                        ),
+                    ));
                 }
                 if !overlays.contains(o.get_ref()) {
                     overlays.push(o.get_ref().clone());
@@ -473,10 +594,19 @@ impl Validator<'_> {
         })
     }
 
-    fn network(&self, n: &RawSettings, d: &RawSettings, field: &dyn Fn(&str, bool) -> String) -> Result<Option<StaticAddress>, ProfileError> {
+    fn network(
+        &self,
+        n: &RawSettings,
+        d: &RawSettings,
+        field: &dyn Fn(&str, bool) -> String,
+    ) -> Result<Option<StaticAddress>, ProfileError> {
         let Some(addr) = pick(&n.address, &d.address) else {
             if let Some(gw) = pick(&n.gateway, &d.gateway) {
-                return Err(self.err(gw.span(), field("gateway", n.gateway.is_some()), "a gateway needs a static `address` (a.b.c.d/nn) on the node"));
+                return Err(self.err(
+                    gw.span(),
+                    field("gateway", n.gateway.is_some()),
+                    "a gateway needs a static `address` (a.b.c.d/nn) on the node",
+                ));
             }
             return Ok(None);
         };
@@ -484,7 +614,11 @@ impl Validator<'_> {
         let (address, prefix_len) = parse_cidr(addr.get_ref()).ok_or_else(|| {
             self.err(addr.span(), &addr_field, format!("'{}' is not an IPv4 address with prefix length (expected CIDR like 192.168.1.13/24)", addr.get_ref()))
         })?;
-        let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - prefix_len) };
+        let mask = if prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix_len)
+        };
         let host_bits = u32::from(address) & !mask;
         if prefix_len <= 30 && (host_bits == 0 || host_bits == !mask) {
             return Err(self.err(addr.span(), &addr_field, format!("{address} is the network or broadcast address of /{prefix_len} (expected a host address)")));
@@ -492,12 +626,29 @@ impl Validator<'_> {
         let gateway = match pick(&n.gateway, &d.gateway) {
             Some(gw) => {
                 let f = field("gateway", n.gateway.is_some());
-                let g: Ipv4Addr = gw.get_ref().parse().map_err(|_| self.err(gw.span(), &f, format!("'{}' is not an IPv4 address", gw.get_ref())))?;
+                let g: Ipv4Addr = gw.get_ref().parse().map_err(|_| {
+                    self.err(
+                        gw.span(),
+                        &f,
+                        format!("'{}' is not an IPv4 address", gw.get_ref()),
+                    )
+                })?;
                 if u32::from(g) & mask != u32::from(address) & mask {
-                    return Err(self.err(gw.span(), &f, format!("gateway {g} is outside the node's subnet {}/{prefix_len}", Ipv4Addr::from(u32::from(address) & mask))));
+                    return Err(self.err(
+                        gw.span(),
+                        &f,
+                        format!(
+                            "gateway {g} is outside the node's subnet {}/{prefix_len}",
+                            Ipv4Addr::from(u32::from(address) & mask)
+                        ),
+                    ));
                 }
                 if g == address {
-                    return Err(self.err(gw.span(), &f, format!("gateway {g} is the node's own address")));
+                    return Err(self.err(
+                        gw.span(),
+                        &f,
+                        format!("gateway {g} is the node's own address"),
+                    ));
                 }
                 Some(g)
             }
@@ -505,18 +656,32 @@ impl Validator<'_> {
         };
         let mut dns = Vec::new();
         for s in pick(&n.dns, &d.dns).into_iter().flatten() {
-            dns.push(s.get_ref().parse::<IpAddr>().map_err(|_| self.err(s.span(), field("dns", n.dns.is_some()), format!("'{}' is not an IP address", s.get_ref())))?);
+            dns.push(s.get_ref().parse::<IpAddr>().map_err(|_| {
+                self.err(
+                    s.span(),
+                    field("dns", n.dns.is_some()),
+                    format!("'{}' is not an IP address", s.get_ref()),
+                )
+            })?);
         }
         let mut search = Vec::new();
         for s in pick(&n.search, &d.search).into_iter().flatten() {
             if !is_domain(s.get_ref()) {
-                return Err(self.err(s.span(), field("search", n.search.is_some()), format!("'{}' is not a valid domain", s.get_ref())));
+                return Err(self.err(
+                    s.span(),
+                    field("search", n.search.is_some()),
+                    format!("'{}' is not a valid domain", s.get_ref()),
+                ));
             }
             search.push(s.get_ref().clone());
         }
         let interface = match pick(&n.interface, &d.interface) {
             Some(i) => {
-                let ok = !i.get_ref().is_empty() && i.get_ref().len() <= 15 && i.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                let ok = !i.get_ref().is_empty()
+                    && i.get_ref().len() <= 15
+                    && i.get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
                 if !ok {
                     return Err(self.err(i.span(), field("interface", n.interface.is_some()), format!("'{}' is not an interface name (expected e.g. eth0, at most 15 characters)", i.get_ref())));
                 }
@@ -524,7 +689,14 @@ impl Validator<'_> {
             }
             None => "eth0".into(),
         };
-        Ok(Some(StaticAddress { interface, address, prefix_len, gateway, dns, search }))
+        Ok(Some(StaticAddress {
+            interface,
+            address,
+            prefix_len,
+            gateway,
+            dns,
+            search,
+        }))
     }
 
     /// Each entry is an inline key or a file of keys relative to the profile.
@@ -555,7 +727,11 @@ impl Validator<'_> {
                 })?);
             }
             if out.len() == before {
-                return Err(self.err(k.span(), field, format!("key file {} holds no keys", file.display())));
+                return Err(self.err(
+                    k.span(),
+                    field,
+                    format!("key file {} holds no keys", file.display()),
+                ));
             }
         }
         Ok(out)
@@ -595,7 +771,10 @@ fn is_label(s: &str) -> bool {
 
 /// A plain directory name: no separators, no `..`, no hidden names.
 fn is_overlay_name(s: &str) -> bool {
-    !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn is_domain(s: &str) -> bool {
@@ -610,7 +789,9 @@ fn is_user_name(s: &str) -> bool {
 }
 
 fn is_sha512_crypt(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("$6$") else { return false };
+    let Some(rest) = s.strip_prefix("$6$") else {
+        return false;
+    };
     let rest = match rest.strip_prefix("rounds=") {
         Some(r) => match r.split_once('$') {
             Some((n, tail)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => tail,
@@ -621,7 +802,10 @@ fn is_sha512_crypt(s: &str) -> bool {
     let crypt_char = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'/';
     match rest.split_once('$') {
         Some((salt, hash)) => {
-            (1..=16).contains(&salt.len()) && salt.bytes().all(crypt_char) && hash.len() == 86 && hash.bytes().all(crypt_char)
+            (1..=16).contains(&salt.len())
+                && salt.bytes().all(crypt_char)
+                && hash.len() == 86
+                && hash.bytes().all(crypt_char)
         }
         None => false,
     }
@@ -631,11 +815,14 @@ fn is_timezone(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('/')
         && !s.split('/').any(|p| p.is_empty() || p == "." || p == "..")
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
 }
 
 fn is_config_section(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-_=:".contains(c))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-_=:".contains(c))
 }
 
 fn is_config_key(s: &str) -> bool {
@@ -657,13 +844,25 @@ mod tests {
 
     #[test]
     fn labels_domains_and_hashes() {
-        assert!(is_label("pi3") && is_label("node-01") && !is_label("-pi") && !is_label("pi_3") && !is_label(""));
+        assert!(
+            is_label("pi3")
+                && is_label("node-01")
+                && !is_label("-pi")
+                && !is_label("pi_3")
+                && !is_label("")
+        );
         assert!(is_domain("cluster.lan") && !is_domain("a..b"));
         let hash = format!("$6$saltsalt${}", "a".repeat(86));
         assert!(is_sha512_crypt(&hash));
-        assert!(is_sha512_crypt(&format!("$6$rounds=5000$salt${}", "b".repeat(86))));
+        assert!(is_sha512_crypt(&format!(
+            "$6$rounds=5000$salt${}",
+            "b".repeat(86)
+        )));
         assert!(!is_sha512_crypt("hunter2") && !is_sha512_crypt("$5$salt$abc"));
-        assert_eq!(parse_cidr("192.168.1.13/24"), Some((Ipv4Addr::new(192, 168, 1, 13), 24)));
+        assert_eq!(
+            parse_cidr("192.168.1.13/24"),
+            Some((Ipv4Addr::new(192, 168, 1, 13), 24))
+        );
         assert_eq!(parse_cidr("192.168.1.13/33"), None);
         assert_eq!(parse_cidr("192.168.1.13"), None);
         assert_eq!(parse_cidr("192.168.1.13/024"), None);

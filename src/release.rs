@@ -42,7 +42,10 @@ impl Release {
     pub fn from_version_id(version_id: &str) -> Option<Release> {
         [Release::Focal, Release::Jammy, Release::Noble]
             .into_iter()
-            .find(|r| version_id == r.version_id() || version_id.starts_with(&format!("{}.", r.version_id())))
+            .find(|r| {
+                version_id == r.version_id()
+                    || version_id.starts_with(&format!("{}.", r.version_id()))
+            })
     }
 
     /// True when user settings belong in `usercfg.txt` (20.04), false when in `config.txt`.
@@ -70,11 +73,18 @@ impl Release {
 /// boot partition is laid out (20.04's `config.txt` ends with `include usercfg.txt`, later
 /// releases have no usercfg.txt), since that decides where boot settings must go.
 pub fn detect(os_release: &OsRelease, config_txt: &str) -> Result<Release, String> {
-    let described = os_release.pretty_name.clone().unwrap_or_else(|| format!("{} {}", os_release.id, os_release.version_id));
+    let described = os_release
+        .pretty_name
+        .clone()
+        .unwrap_or_else(|| format!("{} {}", os_release.id, os_release.version_id));
     let release = os_release.release().ok_or_else(|| {
-        format!("the root filesystem holds {described}; pi-image supports Ubuntu 20.04, 22.04 and 24.04")
+        format!(
+            "the root filesystem holds {described}; pi-image supports Ubuntu 20.04, 22.04 and 24.04"
+        )
     })?;
-    let includes_usercfg = config_txt.lines().any(|l| l.trim() == "include usercfg.txt");
+    let includes_usercfg = config_txt
+        .lines()
+        .any(|l| l.trim() == "include usercfg.txt");
     if includes_usercfg != release.uses_usercfg() {
         return Err(format!(
             "/etc/os-release says {described}, but the boot partition's config.txt {} `include usercfg.txt`, unlike that release's stock boot files",
@@ -102,10 +112,21 @@ mod tests {
     fn os_release_decides_and_the_boot_files_must_agree() {
         let focal_cfg = "[all]\ninclude syscfg.txt\ninclude usercfg.txt\n";
         assert_eq!(detect(&os("20.04"), focal_cfg), Ok(Release::Focal));
-        assert_eq!(detect(&os("22.04"), "[all]\nkernel=vmlinuz\n"), Ok(Release::Jammy));
-        assert!(detect(&os("22.04"), focal_cfg).unwrap_err().contains("has `include usercfg.txt`"));
+        assert_eq!(
+            detect(&os("22.04"), "[all]\nkernel=vmlinuz\n"),
+            Ok(Release::Jammy)
+        );
+        assert!(
+            detect(&os("22.04"), focal_cfg)
+                .unwrap_err()
+                .contains("has `include usercfg.txt`")
+        );
         assert!(detect(&os("20.04"), "").unwrap_err().contains("lacks"));
-        assert!(detect(&os("18.04"), focal_cfg).unwrap_err().contains("supports Ubuntu 20.04"));
+        assert!(
+            detect(&os("18.04"), focal_cfg)
+                .unwrap_err()
+                .contains("supports Ubuntu 20.04")
+        );
     }
 
     #[test]

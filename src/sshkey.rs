@@ -76,9 +76,17 @@ mod tests {
     #[test]
     fn rejects_mismatched_type_bad_base64_and_unknown_types() {
         let swapped = ED25519.replacen("ssh-ed25519", "ssh-rsa", 1);
-        assert!(parse(&swapped).unwrap_err().contains("holds a 'ssh-ed25519' key"));
+        assert!(
+            parse(&swapped)
+                .unwrap_err()
+                .contains("holds a 'ssh-ed25519' key")
+        );
         assert!(parse("ssh-ed25519 AAAA!!!").unwrap_err().contains("base64"));
-        assert!(parse("ssh-foo AAAA").unwrap_err().contains("unknown key type"));
+        assert!(
+            parse("ssh-foo AAAA")
+                .unwrap_err()
+                .contains("unknown key type")
+        );
         assert!(parse("ssh-ed25519").unwrap_err().contains("no base64"));
         assert!(parse("ssh-ed25519 AAAA").unwrap_err().contains("truncated"));
     }

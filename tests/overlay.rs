@@ -283,7 +283,15 @@ fn overlay_refusals_name_the_path() {
 fn overlay_bundled_k8s_prep_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays/k8s-prep/rootfs");
     let entries = overlay::load(&root, None).unwrap();
-    let swap = entries.iter().find(|e| e.path == "etc/systemd/system/swap.target").unwrap();
-    assert_eq!(swap.kind, OverlayKind::Symlink { target: "/dev/null".into() });
+    let swap = entries
+        .iter()
+        .find(|e| e.path == "etc/systemd/system/swap.target")
+        .unwrap();
+    assert_eq!(
+        swap.kind,
+        OverlayKind::Symlink {
+            target: "/dev/null".into()
+        }
+    );
     assert!(overlay::total_bytes(&entries) > 0);
 }

@@ -1,0 +1,25 @@
+# pi-image: build, demo and test entry points. `make demo` builds the five demo nodes from the
+# bundled test base image; `make test` runs every test (CI calls it from .ci/run).
+CARGO ?= cargo
+BIN := target/release/pi-image
+FIXTURE := tests/fixtures/ubuntu-20.04.5-replica.img.xz
+DEMO_OUT ?= out/demo
+
+.PHONY: all build demo test clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+demo: build
+	$(BIN) nodes
+	$(BIN) build --all --base $(FIXTURE) --out $(DEMO_OUT)
+	$(BIN) inspect $(DEMO_OUT)/pi3.img | head -40
+
+test:
+	$(CARGO) test --locked --all-targets
+
+clean:
+	$(CARGO) clean
+	rm -rf out
