@@ -63,15 +63,29 @@ struct NodeOverlays {
 
 /// Build `nodes` of `profile` from the base image. A `.xz` base is decompressed once into a
 /// temporary raw image in the output directory, which every node is then copied from.
-pub fn build_nodes(profile: &Profile, nodes: &[&Node], opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
-    let overlays = nodes.iter().map(|n| load_overlays(profile, n)).collect::<Result<Vec<_>>>()?;
+pub fn build_nodes(
+    profile: &Profile,
+    nodes: &[&Node],
+    opts: &BuildOptions,
+) -> Result<Vec<BuiltImage>> {
+    let overlays = nodes
+        .iter()
+        .map(|n| load_overlays(profile, n))
+        .collect::<Result<Vec<_>>>()?;
     if !opts.base.is_file() {
-        return Err(Error::Msg(format!("{}: base image not found (expected a .img or .img.xz file)", opts.base.display())));
+        return Err(Error::Msg(format!(
+            "{}: base image not found (expected a .img or .img.xz file)",
+            opts.base.display()
+        )));
     }
-    std::fs::create_dir_all(&opts.out_dir).map_err(|source| Error::Io { path: opts.out_dir.clone(), source })?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|source| Error::Io {
+        path: opts.out_dir.clone(),
+        source,
+    })?;
     let raw_base = RawBase::prepare(&opts.base, &opts.out_dir)?;
     // Errors name the base the user gave, not our temporary copy.
-    let table = PartitionTable::read(raw_base.path()).map_err(|e| rename_path(e, raw_base.path(), &opts.base))?;
+    let table = PartitionTable::read(raw_base.path())
+        .map_err(|e| name_base(e, raw_base.path(), &opts.base))?;
     if table.kind != partition::TableKind::Mbr {
         return Err(Error::Msg(format!(
             "{}: the base image uses a GPT partition table; pi-image builds from Ubuntu's MBR images",
@@ -80,20 +94,37 @@ pub fn build_nodes(profile: &Profile, nodes: &[&Node], opts: &BuildOptions) -> R
     }
     let boot = table.boot(&opts.base)?.clone();
     let root = table.root(&opts.base)?.clone();
+    let os_release = Ext4Fs::open(raw_base.path(), root.start, root.len, false)
+        .and_then(|fs| ext4::os_release(&fs))
+        .map_err(|e| name_base(e, raw_base.path(), &opts.base))?;
+    let base = BaseImage {
+        path: raw_base.path(),
+        boot,
+        root,
+        os_release,
+    };
     let mut built = Vec::new();
     for (node, overlays) in nodes.iter().zip(&overlays) {
-        built.push(build_node(profile, node, overlays, opts, raw_base.path(), &boot, &root)?);
+        built.push(build_node(profile, node, overlays, opts, &base)?);
     }
     Ok(built)
 }
 
-fn rename_path(e: partition::PartitionError, from: &Path, to: &Path) -> Error {
-    Error::Msg(e.to_string().replace(&from.display().to_string(), &to.display().to_string()))
+/// An error about a copy of the base (the decompressed base, or a node's image before edits),
+/// reworded to name the base the user gave.
+fn name_base(e: impl std::fmt::Display, copy: &Path, base: &Path) -> Error {
+    Error::Msg(
+        e.to_string()
+            .replace(&copy.display().to_string(), &base.display().to_string()),
+    )
 }
 
 /// Load every overlay of `node`: `boot/` trees and `rootfs/` trees (with `rootfs.toml`).
 fn load_overlays(profile: &Profile, node: &Node) -> Result<NodeOverlays> {
-    let mut loaded = NodeOverlays { boot: Vec::new(), rootfs: Vec::new() };
+    let mut loaded = NodeOverlays {
+        boot: Vec::new(),
+        rootfs: Vec::new(),
+    };
     for name in &node.overlays {
         let dir = profile.overlays_dir.join(name);
         let (boot, rootfs) = (dir.join("boot"), dir.join("rootfs"));
@@ -118,10 +149,21 @@ fn load_overlays(profile: &Profile, node: &Node) -> Result<NodeOverlays> {
         }
         if rootfs.is_dir() {
             let manifest = dir.join("rootfs.toml");
-            loaded.rootfs.extend(overlay::load(&rootfs, manifest.is_file().then_some(manifest.as_path()))?);
+            loaded.rootfs.extend(overlay::load(
+                &rootfs,
+                manifest.is_file().then_some(manifest.as_path()),
+            )?);
         }
     }
     Ok(loaded)
+}
+
+/// The raw base image and what was learnt from it once for all nodes.
+struct BaseImage<'a> {
+    path: &'a Path,
+    boot: Partition,
+    root: Partition,
+    os_release: ext4::OsRelease,
 }
 
 fn build_node(
@@ -129,24 +171,25 @@ fn build_node(
     node: &Node,
     overlays: &NodeOverlays,
     opts: &BuildOptions,
-    raw_base: &Path,
-    boot: &Partition,
-    root: &Partition,
+    base: &BaseImage,
 ) -> Result<BuiltImage> {
+    let (raw_base, boot, root) = (base.path, &base.boot, &base.root);
     let target = opts.out_dir.join(format!("{}.img", node.name));
     let mut out = PendingOutput::create(&target)?;
-    let mut src = File::open(raw_base).map_err(|source| Error::Io { path: raw_base.to_owned(), source })?;
+    let mut src = File::open(raw_base).map_err(|source| Error::Io {
+        path: raw_base.to_owned(),
+        source,
+    })?;
     let temp = out.temp_path().to_owned();
-    let io = |source| Error::Io { path: temp.clone(), source };
+    let io = |source| Error::Io {
+        path: temp.clone(),
+        source,
+    };
     let size = image::copy_sparse(&mut src, out.file()).map_err(io)?;
 
-    let os_release = {
-        let rootfs = Ext4Fs::open(&temp, root.start, root.len, false)?;
-        ext4::os_release(&rootfs)?
-    };
-
     let mut fs = BootFs::open(
-        PartitionView::new(out.file().try_clone().map_err(io)?, boot.start, boot.len).map_err(io)?,
+        PartitionView::new(out.file().try_clone().map_err(io)?, boot.start, boot.len)
+            .map_err(io)?,
         FatTimestamp::from_unix(opts.epoch),
     )?;
     let mut stock = HashMap::new();
@@ -155,10 +198,18 @@ fn build_node(
             stock.insert(name, String::from_utf8_lossy(&bytes).into_owned());
         }
     }
-    let release = release::detect(&os_release, stock.get("config.txt").map(String::as_str).unwrap_or_default())
-        .map_err(|e| Error::Msg(format!("{}: {e}", opts.base.display())))?;
-    let node_plan: NodePlan = plan::plan_node(&profile.cluster, node, release, root.number, &|n| stock.get(n).cloned())
-        .map_err(|e| Error::Msg(format!("{}: {e}", opts.base.display())))?;
+    let release = release::detect(
+        &base.os_release,
+        stock
+            .get("config.txt")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(|e| Error::Msg(format!("{}: {e}", opts.base.display())))?;
+    let node_plan: NodePlan = plan::plan_node(&profile.cluster, node, release, root.number, &|n| {
+        stock.get(n).cloned()
+    })
+    .map_err(|e| Error::Msg(format!("{}: {e}", opts.base.display())))?;
     for (path, content) in &node_plan.boot_files {
         fs.write_bytes(path, content.as_bytes())?;
     }
@@ -169,7 +220,10 @@ fn build_node(
         match &entry.kind {
             OverlayKind::Dir => fs.create_dir_all(&entry.path)?,
             OverlayKind::File { source, .. } => {
-                let mut f = File::open(source).map_err(|e| Error::Io { path: source.clone(), source: e })?;
+                let mut f = File::open(source).map_err(|e| Error::Io {
+                    path: source.clone(),
+                    source: e,
+                })?;
                 fs.write_file(&entry.path, &mut f)?;
             }
             OverlayKind::Symlink { .. } => unreachable!("refused by load_overlays"),
@@ -178,21 +232,39 @@ fn build_node(
     fs.unmount()?;
 
     if !overlays.rootfs.is_empty() || !node_plan.rootfs_files.is_empty() {
-        let mut rootfs = Ext4Fs::open(&temp, root.start, root.len, true)?;
-        apply_rootfs(&mut rootfs, &overlays.rootfs, &node_plan.rootfs_files, opts.epoch)
-            .map_err(|e| Error::Msg(format!("node {}: root filesystem: {e}", node.name)))?;
+        let mut rootfs = Ext4Fs::open(&temp, root.start, root.len, true)
+            .map_err(|e| name_base(e, &temp, &opts.base))?;
+        apply_rootfs(
+            &mut rootfs,
+            &overlays.rootfs,
+            &node_plan.rootfs_files,
+            opts.epoch,
+        )
+        .map_err(|e| Error::Msg(format!("node {}: root filesystem: {e}", node.name)))?;
         rootfs.close()?;
     }
     partition::set_mbr_disk_id(out.file(), &temp, node_plan.disk_id)?;
 
     let sha256 = sha256_of(out.file()).map_err(io)?;
     let path = out.commit()?;
-    Ok(BuiltImage { node: node.name.clone(), path, size, sha256, target: node.target, release })
+    Ok(BuiltImage {
+        node: node.name.clone(),
+        path,
+        size,
+        sha256,
+        target: node.target,
+        release,
+    })
 }
 
 /// Apply rootfs overlays (in profile order: a later file replaces an earlier one) and the plan's
 /// own files, after checking that all of it fits.
-fn apply_rootfs(fs: &mut Ext4Fs, entries: &[OverlayEntry], files: &[plan::RootfsFile], epoch: i64) -> Result<()> {
+fn apply_rootfs(
+    fs: &mut Ext4Fs,
+    entries: &[OverlayEntry],
+    files: &[plan::RootfsFile],
+    epoch: i64,
+) -> Result<()> {
     let own: u64 = files
         .iter()
         .map(|f| ext4::bytes_needed(ext4::Need::File(f.content.len() as u64), fs.block_size()))
@@ -212,8 +284,17 @@ fn apply_rootfs(fs: &mut Ext4Fs, entries: &[OverlayEntry], files: &[plan::Rootfs
             // Existing directories keep their mode and owner (/root stays 0700).
             OverlayKind::Dir => fs.mkdir_p(&path, &attrs)?,
             OverlayKind::File { source, .. } => {
-                let mut f = File::open(source).map_err(|e| Error::Io { path: source.clone(), source: e })?;
-                let size = f.metadata().map_err(|e| Error::Io { path: source.clone(), source: e })?.len();
+                let mut f = File::open(source).map_err(|e| Error::Io {
+                    path: source.clone(),
+                    source: e,
+                })?;
+                let size = f
+                    .metadata()
+                    .map_err(|e| Error::Io {
+                        path: source.clone(),
+                        source: e,
+                    })?
+                    .len();
                 fs.write_file(&path, &mut f, size, &attrs)?;
             }
             OverlayKind::Symlink { target } => {
@@ -224,13 +305,26 @@ fn apply_rootfs(fs: &mut Ext4Fs, entries: &[OverlayEntry], files: &[plan::Rootfs
             }
         }
     }
-    let dir_attrs = Attrs { mode: 0o755, uid: 0, gid: 0, mtime: epoch };
+    let dir_attrs = Attrs {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: epoch,
+    };
     for f in files {
         if let Some((parent, _)) = f.path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
             fs.mkdir_p(parent, &dir_attrs)?;
         }
-        let attrs = Attrs { mode: f.mode, ..dir_attrs };
-        fs.write_file(&f.path, &mut f.content.as_bytes(), f.content.len() as u64, &attrs)?;
+        let attrs = Attrs {
+            mode: f.mode,
+            ..dir_attrs
+        };
+        fs.write_file(
+            &f.path,
+            &mut f.content.as_bytes(),
+            f.content.len() as u64,
+            &attrs,
+        )?;
     }
     Ok(())
 }
@@ -243,7 +337,9 @@ fn write_vmlinux<F: Read + Write + Seek>(fs: &mut BootFs<F>) -> Result<()> {
     let mut decoder = flate2::read::GzDecoder::new(&compressed[..]);
     let mut head = [0u8; 64];
     decoder.read_exact(&mut head).map_err(|e| {
-        Error::Msg(format!("decompress_kernel: vmlinuz on the boot partition is not a gzip kernel: {e}"))
+        Error::Msg(format!(
+            "decompress_kernel: vmlinuz on the boot partition is not a gzip kernel: {e}"
+        ))
     })?;
     if &head[ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4] != ARM64_MAGIC {
         return Err(Error::Msg(
@@ -266,7 +362,11 @@ fn sha256_of(file: &mut File) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The base as a raw image file: the base itself, or a temporary decompressed copy (removed on
@@ -283,8 +383,10 @@ impl RawBase {
         }
         let mut reader = image::open_base(base)?;
         let mut temp = PendingOutput::create(&out_dir.join("base.raw"))?;
-        image::copy_sparse(&mut reader, temp.file())
-            .map_err(|e| ImageError::Decompress { path: base.to_owned(), reason: e.to_string() })?;
+        image::copy_sparse(&mut reader, temp.file()).map_err(|e| ImageError::Decompress {
+            path: base.to_owned(),
+            reason: e.to_string(),
+        })?;
         Ok(RawBase::Decompressed(temp))
     }
 

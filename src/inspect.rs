@@ -21,7 +21,10 @@ const SHOWN_FILES: [&str; 4] = ["cmdline.txt", "user-data", "network-config", "m
 pub fn inspect(path: &Path, model: Model) -> Result<String> {
     let table = PartitionTable::read(path)?;
     let boot = table.boot(path)?;
-    let io = |source| Error::Io { path: path.to_owned(), source };
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
     let file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     let fs = BootFs::open(
@@ -29,13 +32,24 @@ pub fn inspect(path: &Path, model: Model) -> Result<String> {
         FatTimestamp::from_unix(0),
     )?;
     let text = |name: &str| -> Option<String> {
-        fs.read_file(name).ok().flatten().map(|b| String::from_utf8_lossy(&b).into_owned())
+        fs.read_file(name)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
 
     let mut out = String::new();
     let _ = writeln!(out, "image: {} ({} bytes)", path.display(), size);
-    let _ = writeln!(out, "partition table: {}, disk id {}", table.kind, table.disk_id);
-    let _ = writeln!(out, "  {:>2}  {:>12}  {:>12}  {:<6} {:<4} content", "#", "start", "size", "type", "boot");
+    let _ = writeln!(
+        out,
+        "partition table: {}, disk id {}",
+        table.kind, table.disk_id
+    );
+    let _ = writeln!(
+        out,
+        "  {:>2}  {:>12}  {:>12}  {:<6} {:<4} content",
+        "#", "start", "size", "type", "boot"
+    );
     for p in &table.partitions {
         let content = match &p.content {
             Content::Fat { label } => format!("FAT \"{label}\""),
@@ -59,8 +73,16 @@ pub fn inspect(path: &Path, model: Model) -> Result<String> {
         Ok(r) => r.to_string(),
         Err(e) => format!("unsupported: {e}"),
     };
-    let _ = writeln!(out, "release: {release}; /etc/os-release: {}", os.pretty_name.as_deref().unwrap_or(&os.version_id));
-    let _ = writeln!(out, "kernels: {}", ext4::kernel_versions(&rootfs)?.join(", "));
+    let _ = writeln!(
+        out,
+        "release: {release}; /etc/os-release: {}",
+        os.pretty_name.as_deref().unwrap_or(&os.version_id)
+    );
+    let _ = writeln!(
+        out,
+        "kernels: {}",
+        ext4::kernel_versions(&rootfs)?.join(", ")
+    );
     let effective = configtxt::effective("config.txt", &text, model);
     let _ = writeln!(out, "\n== effective config.txt for {model} ==");
     let _ = write!(out, "{effective}");
@@ -82,7 +104,11 @@ pub fn inspect(path: &Path, model: Model) -> Result<String> {
 /// A table of the profile's nodes: name, hostname, address, target and overlays.
 pub fn nodes_table(profile: &Profile) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<10} {:<24} {:<20} {:<6} overlays", "node", "hostname", "address", "target");
+    let _ = writeln!(
+        out,
+        "{:<10} {:<24} {:<20} {:<6} overlays",
+        "node", "hostname", "address", "target"
+    );
     for n in &profile.nodes {
         let fqdn = match &n.domain {
             Some(d) => format!("{}.{d}", n.hostname),
@@ -92,7 +118,15 @@ pub fn nodes_table(profile: &Profile) -> String {
             Some(net) => format!("{}/{}", net.address, net.prefix_len),
             None => "dhcp".into(),
         };
-        let _ = writeln!(out, "{:<10} {:<24} {:<20} {:<6} {}", n.name, fqdn, address, n.target.to_string(), n.overlays.join(","));
+        let _ = writeln!(
+            out,
+            "{:<10} {:<24} {:<20} {:<6} {}",
+            n.name,
+            fqdn,
+            address,
+            n.target.to_string(),
+            n.overlays.join(",")
+        );
     }
     out
 }

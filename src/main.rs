@@ -62,7 +62,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Build { node, all, base, out } => {
+        Command::Build {
+            node,
+            all,
+            base,
+            out,
+        } => {
             let profile = load_profile(&cli.profile)?;
             let nodes = if all {
                 profile.nodes.iter().collect::<Vec<_>>()
@@ -73,7 +78,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             format!(
                                 "{}: no node named '{name}' (nodes: {})",
                                 profile.path.display(),
-                                profile.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+                                profile
+                                    .nodes
+                                    .iter()
+                                    .map(|n| n.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             )
                         })
                     })
@@ -88,7 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             };
             let epoch = source_date_epoch()?;
-            let opts = BuildOptions { base, out_dir: out, epoch };
+            let opts = BuildOptions {
+                base,
+                out_dir: out,
+                epoch,
+            };
             for img in build::build_nodes(&profile, &nodes, &opts)? {
                 println!(
                     "{:<8} {}  {:>6} MiB  sha256 {}  target {}  {}",
@@ -103,7 +117,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect { image, model } => {
-            let model = model.parse().map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
+            let model = model
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
             print!("{}", inspect::inspect(&image, model)?);
             Ok(())
         }
@@ -122,10 +138,9 @@ fn load_profile(path: &std::path::Path) -> anyhow::Result<Profile> {
 /// `SOURCE_DATE_EPOCH` (reproducible-builds.org) or the fixed default.
 fn source_date_epoch() -> anyhow::Result<i64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970")),
+        Ok(v) => v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970")
+        }),
         Err(_) => Ok(build::DEFAULT_EPOCH),
     }
 }

@@ -12,7 +12,11 @@ use crate::release::Release;
 use crate::{cmdline, configtxt};
 
 /// Kernel parameters Kubernetes needs on a Raspberry Pi: memory cgroups are off by default there.
-pub const KUBERNETES_CMDLINE: [&str; 3] = ["cgroup_enable=cpuset", "cgroup_enable=memory", "cgroup_memory=1"];
+pub const KUBERNETES_CMDLINE: [&str; 3] = [
+    "cgroup_enable=cpuset",
+    "cgroup_enable=memory",
+    "cgroup_memory=1",
+];
 
 /// Boot-partition files the plan reads from the base image.
 pub const STOCK_FILES: [&str; 4] = ["config.txt", "usercfg.txt", "cmdline.txt", "user-data"];
@@ -53,7 +57,7 @@ const DECOMPRESS_SCRIPT: &str = r#"#!/bin/sh
 # decompressed kernel (kernel=vmlinux). Run by /etc/apt/apt.conf.d/999_decompress_rpi_kernel
 # after every dpkg run; when vmlinuz changed (a kernel update), decompress it again.
 set -e
-boot=/boot/firmware
+boot=${PI_IMAGE_BOOT_DIR:-/boot/firmware}  # overridable for tests
 [ -f "$boot/vmlinuz" ] || exit 0
 sum=$(sha256sum "$boot/vmlinuz" | cut -d' ' -f1)
 if [ -f "$boot/vmlinux" ] && [ "$(cat "$boot/vmlinuz.sha256" 2>/dev/null)" = "$sum" ]; then
@@ -124,8 +128,16 @@ pub fn plan_node(
     // config.txt: 20.04 keeps user settings in usercfg.txt (included last, so they win);
     // 22.04+ has no usercfg.txt and takes them in config.txt.
     let mut config = need("config.txt")?;
-    let settings_file = if release.uses_usercfg() { "usercfg.txt" } else { "config.txt" };
-    let mut settings = if release.uses_usercfg() { stock("usercfg.txt").unwrap_or_default() } else { config.clone() };
+    let settings_file = if release.uses_usercfg() {
+        "usercfg.txt"
+    } else {
+        "config.txt"
+    };
+    let mut settings = if release.uses_usercfg() {
+        stock("usercfg.txt").unwrap_or_default()
+    } else {
+        config.clone()
+    };
     for (section, key, value) in config_settings(node) {
         settings = configtxt::set(&settings, &section, &key, &value);
     }
@@ -145,27 +157,44 @@ pub fn plan_node(
         tokens.extend(KUBERNETES_CMDLINE);
     }
     tokens.extend(node.cmdline.iter().map(String::as_str));
-    boot_files.insert("cmdline.txt".to_string(), cmdline::apply(&need("cmdline.txt")?, &tokens, &[]));
+    boot_files.insert(
+        "cmdline.txt".to_string(),
+        cmdline::apply(&need("cmdline.txt")?, &tokens, &[]),
+    );
 
     let cloud = cloud_config(node, release)?;
-    let cloud_err = |source| PlanError::CloudInit { node: node.name.clone(), source };
+    let cloud_err = |source| PlanError::CloudInit {
+        node: node.name.clone(),
+        source,
+    };
     let user_data = cloudinit::user_data(&need("user-data")?, &cloud).map_err(cloud_err)?;
     let network_config = cloudinit::network_config(&cloud).map_err(cloud_err)?;
     let instance_id = cloudinit::instance_id(&node.name, &user_data, &network_config);
-    boot_files.insert("meta-data".to_string(), cloudinit::meta_data(&cloud, &instance_id).map_err(cloud_err)?);
+    boot_files.insert(
+        "meta-data".to_string(),
+        cloudinit::meta_data(&cloud, &instance_id).map_err(cloud_err)?,
+    );
     boot_files.insert("user-data".to_string(), user_data);
     boot_files.insert("network-config".to_string(), network_config);
 
     let mut rootfs_files = Vec::new();
     if node.decompress_kernel {
-        boot_files.insert(DECOMPRESS_SCRIPT_PATH.to_string(), DECOMPRESS_SCRIPT.to_string());
+        boot_files.insert(
+            DECOMPRESS_SCRIPT_PATH.to_string(),
+            DECOMPRESS_SCRIPT.to_string(),
+        );
         rootfs_files.push(RootfsFile {
             path: DECOMPRESS_HOOK_PATH.to_string(),
             content: DECOMPRESS_HOOK.to_string(),
             mode: 0o644,
         });
     }
-    Ok(NodePlan { disk_id, boot_files, decompress_kernel: node.decompress_kernel, rootfs_files })
+    Ok(NodePlan {
+        disk_id,
+        boot_files,
+        decompress_kernel: node.decompress_kernel,
+        rootfs_files,
+    })
 }
 
 /// The config.txt settings for a node, as (section, key, value), in the order they are applied.
@@ -180,7 +209,11 @@ fn config_settings(node: &Node) -> Vec<(String, String, String)> {
         }
     }
     if node.target == Target::Ssd {
-        let kernel = if node.decompress_kernel { "vmlinux" } else { "vmlinuz" };
+        let kernel = if node.decompress_kernel {
+            "vmlinux"
+        } else {
+            "vmlinuz"
+        };
         pi4("kernel", kernel.to_string());
         pi4("initramfs", "initrd.img followkernel".to_string());
     }
@@ -194,10 +227,12 @@ fn config_settings(node: &Node) -> Vec<(String, String, String)> {
 
 fn cloud_config(node: &Node, release: Release) -> Result<NodeCloudConfig, PlanError> {
     let extra_user_data = match &node.user_data {
-        Some(table) => Some(serde_yaml_ng::to_value(table).map_err(|e| PlanError::UserData {
-            node: node.name.clone(),
-            message: e.to_string(),
-        })?),
+        Some(table) => Some(
+            serde_yaml_ng::to_value(table).map_err(|e| PlanError::UserData {
+                node: node.name.clone(),
+                message: e.to_string(),
+            })?,
+        ),
         None => None,
     };
     Ok(NodeCloudConfig {
@@ -218,4 +253,104 @@ fn cloud_config(node: &Node, release: Release) -> Result<NodeCloudConfig, PlanEr
         }),
         extra_user_data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Profile;
+    use std::path::Path;
+
+    const STOCK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bootfiles/");
+
+    fn stock(release: &str) -> impl Fn(&str) -> Option<String> {
+        let dir = format!("{STOCK}{release}");
+        move |name| std::fs::read_to_string(Path::new(&dir).join(name)).ok()
+    }
+
+    fn node(extra: &str) -> Node {
+        let text =
+            format!("[cluster]\nname = \"c\"\nbase = \"x.img\"\n[[nodes]]\nname = \"n1\"\n{extra}");
+        Profile::parse(Path::new("/nonexistent/p.toml"), &text)
+            .unwrap()
+            .nodes
+            .remove(0)
+    }
+
+    #[test]
+    fn disk_ids_are_stable_and_differ_between_nodes_and_clusters() {
+        assert_eq!(disk_id("c", "pi1"), disk_id("c", "pi1"));
+        assert_ne!(disk_id("c", "pi1"), disk_id("c", "pi2"));
+        assert_ne!(disk_id("c", "pi1"), disk_id("d", "pi1"));
+    }
+
+    #[test]
+    fn focal_ssd_goes_to_usercfg_and_confines_the_device_tree_address() {
+        let plan = plan_node(
+            "c",
+            &node("target = \"ssd\"\nkubernetes = true"),
+            Release::Focal,
+            2,
+            &stock("focal-20.04.5"),
+        )
+        .unwrap();
+        let usercfg = &plan.boot_files["usercfg.txt"];
+        assert!(
+            usercfg.contains("[pi4]\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n"),
+            "{usercfg}"
+        );
+        let read = |name: &str| {
+            plan.boot_files
+                .get(name)
+                .cloned()
+                .or_else(|| stock("focal-20.04.5")(name))
+        };
+        let pi4 = configtxt::effective("config.txt", &read, configtxt::Model::Pi4);
+        assert_eq!(pi4.get("kernel"), Some("vmlinuz"));
+        assert_eq!(pi4.get("device_tree_address"), None);
+        let pi3 = configtxt::effective("config.txt", &read, configtxt::Model::Pi3);
+        assert_eq!(pi3.get("kernel"), Some("uboot_rpi_3.bin"));
+        assert_eq!(pi3.get("device_tree_address"), Some("0x03000000"));
+        let cmdline = &plan.boot_files["cmdline.txt"];
+        assert!(cmdline.contains(&format!("root=PARTUUID={:08x}-02 ", plan.disk_id)));
+        assert!(
+            cmdline.ends_with("cgroup_enable=cpuset cgroup_enable=memory cgroup_memory=1\n"),
+            "{cmdline}"
+        );
+        assert!(
+            plan.rootfs_files.is_empty() && !plan.boot_files.contains_key(DECOMPRESS_SCRIPT_PATH)
+        );
+    }
+
+    #[test]
+    fn focal_sd_keeps_the_stock_boot_path() {
+        let plan = plan_node("c", &node(""), Release::Focal, 2, &stock("focal-20.04.5")).unwrap();
+        assert_eq!(
+            plan.boot_files["config.txt"],
+            stock("focal-20.04.5")("config.txt").unwrap()
+        );
+        assert!(!plan.boot_files["usercfg.txt"].contains("kernel="));
+        assert!(!plan.boot_files["cmdline.txt"].contains("cgroup"));
+    }
+
+    #[test]
+    fn jammy_settings_go_into_config_txt() {
+        let oc = "target = \"ssd\"\ndecompress_kernel = true\noverclock = { arm_freq = 2000, over_voltage = 6 }";
+        let plan = plan_node("c", &node(oc), Release::Jammy, 2, &stock("jammy-current")).unwrap();
+        assert!(!plan.boot_files.contains_key("usercfg.txt"));
+        let read = |name: &str| plan.boot_files.get(name).cloned();
+        let pi4 = configtxt::effective("config.txt", &read, configtxt::Model::Pi4);
+        assert_eq!(pi4.get("arm_freq"), Some("2000"));
+        assert_eq!(pi4.get("kernel"), Some("vmlinux"));
+        assert!(plan.boot_files[DECOMPRESS_SCRIPT_PATH].starts_with("#!/bin/sh\n"));
+        assert_eq!(plan.rootfs_files[0].path, DECOMPRESS_HOOK_PATH);
+    }
+
+    #[test]
+    fn planning_twice_gives_the_same_files() {
+        let n = node("target = \"ssd\"\naddress = \"10.0.0.5/24\"\ngateway = \"10.0.0.1\"");
+        let a = plan_node("c", &n, Release::Focal, 2, &stock("focal-20.04.5")).unwrap();
+        let b = plan_node("c", &n, Release::Focal, 2, &stock("focal-20.04.5")).unwrap();
+        assert_eq!(a, b);
+    }
 }

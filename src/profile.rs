@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::sshkey;
+use crate::{configtxt, sshkey};
 
 /// The official Ubuntu 20.04.5 arm64+raspi image, the default base of the demo profile.
 pub const UBUNTU_20_04_5_URL: &str = "https://cdimage.ubuntu.com/releases/20.04.5/release/ubuntu-20.04.5-preinstalled-server-arm64+raspi.img.xz";
@@ -518,6 +518,14 @@ impl Validator<'_> {
                             value.span(),
                             f,
                             "the value contains a newline (config.txt takes one line per setting)",
+                        ));
+                    }
+                    // Whatever else configtxt::set would refuse (e.g. surrounding spaces).
+                    if !configtxt::is_writable(section, key, &rendered) {
+                        return Err(self.err(
+                            value.span(),
+                            f,
+                            format!("'{rendered}' cannot be written as a config.txt value (expected no leading or trailing spaces; initramfs/include need a value)"),
                         ));
                     }
                     config_txt

@@ -54,6 +54,40 @@ enum Base {
     Garbage,
     Truncated,
     NoRoot,
+    NeedsRecovery,
+    /// The fixture, with an overlay `bad` made by this function in `overlays/`.
+    Overlay(fn(&Path)),
+}
+
+const USE_BAD_OVERLAY: (&str, &str) = (
+    "kubernetes = true",
+    "kubernetes = true\noverlays = [\"bad\"]",
+);
+
+fn boot_symlink(o: &Path) {
+    fs::create_dir_all(o.join("boot")).unwrap();
+    std::os::unix::fs::symlink("config.txt", o.join("boot/link.txt")).unwrap();
+}
+
+fn escaping_symlink(o: &Path) {
+    fs::create_dir_all(o.join("rootfs/etc")).unwrap();
+    std::os::unix::fs::symlink("../../../../etc/shadow", o.join("rootfs/etc/shadow-copy")).unwrap();
+}
+
+fn too_big(o: &Path) {
+    fs::create_dir_all(o.join("rootfs/opt")).unwrap();
+    let f = fs::File::create(o.join("rootfs/opt/huge.bin")).unwrap();
+    f.set_len(200 << 20).unwrap();
+}
+
+fn bad_manifest(o: &Path) {
+    fs::create_dir_all(o.join("rootfs/etc")).unwrap();
+    fs::write(o.join("rootfs/etc/x.conf"), "x").unwrap();
+    fs::write(o.join("rootfs.toml"), "[\"etc/x.conf\"]\nmdoe = \"0600\"\n").unwrap();
+}
+
+fn empty_overlay(o: &Path) {
+    fs::create_dir_all(o.join("docs")).unwrap();
 }
 
 fn cases() -> Vec<Case> {
@@ -261,6 +295,42 @@ fn cases() -> Vec<Case> {
             NoRoot,
             &["noroot.img", "no root partition"],
         ),
+        c(
+            "root filesystem needing journal recovery",
+            ("", ""),
+            NeedsRecovery,
+            &["recovery.img", "recovery"],
+        ),
+        c(
+            "symlink in a boot overlay",
+            USE_BAD_OVERLAY,
+            Overlay(boot_symlink),
+            &["bad/boot", "link.txt", "symlinks"],
+        ),
+        c(
+            "rootfs symlink escaping the overlay",
+            USE_BAD_OVERLAY,
+            Overlay(escaping_symlink),
+            &["shadow-copy"],
+        ),
+        c(
+            "rootfs overlay too big for the filesystem",
+            USE_BAD_OVERLAY,
+            Overlay(too_big),
+            &["node pi1", "bytes missing"],
+        ),
+        c(
+            "typo in an overlay manifest",
+            USE_BAD_OVERLAY,
+            Overlay(bad_manifest),
+            &["rootfs.toml", "mdoe"],
+        ),
+        c(
+            "overlay with neither boot/ nor rootfs/",
+            USE_BAD_OVERLAY,
+            Overlay(empty_overlay),
+            &["overlays/bad", "neither a boot/ nor a rootfs/"],
+        ),
     ]
 }
 
@@ -298,6 +368,32 @@ fn make_base(dir: &Path, base: &Base) -> Option<String> {
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     match base {
         Base::Fixture => Some(raw.to_string_lossy().into_owned()),
+        Base::Overlay(make) => {
+            let o = dir.join("overlays/bad");
+            fs::create_dir_all(&o).unwrap();
+            make(&o);
+            Some(raw.to_string_lossy().into_owned())
+        }
+        Base::NeedsRecovery => {
+            let copy = dir.join("recovery.img");
+            sparse_copy(&raw, &copy);
+            // Mark the root filesystem as having an unreplayed journal, with e2fsprogs' debugfs.
+            let root = dir.join("root.ext4");
+            let (start, len) = (
+                526_336u64 * 512,
+                fs::metadata(&copy).unwrap().len() - 526_336 * 512,
+            );
+            common::extract(&copy, start, len, &root);
+            let (ok, _, err) = common::run(
+                "debugfs",
+                &["-w", "-R", "feature needs_recovery", root.to_str().unwrap()],
+            );
+            assert!(ok, "{err}");
+            let sb = fs::read(&root).unwrap();
+            let f = fs::OpenOptions::new().write(true).open(&copy).unwrap();
+            f.write_all_at(&sb[..1 << 20], start).unwrap();
+            Some(path("recovery.img"))
+        }
         Base::None => None,
         Base::Missing => Some(path("nosuch.img")),
         Base::Garbage => {
@@ -357,6 +453,7 @@ fn broken_profiles_and_images_fail_clearly_and_write_nothing() {
         let leftovers: Vec<_> = fs::read_dir(&out_dir)
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
+        eprintln!("{:<45} {}", case.name, stderr.trim());
         let mut problems = Vec::new();
         if out.status.success() || out.status.code() != Some(1) {
             problems.push(format!("exit status {:?}", out.status.code()));

@@ -407,3 +407,257 @@ fn which(tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// A node's root partition as a separate file, for e2fsck and debugfs.
+fn root_part(img: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("root.ext4");
+    let len = fs::metadata(img).unwrap().len() - ROOT_START;
+    extract(img, ROOT_START, len, &p);
+    (dir, p)
+}
+
+fn debugfs(part: &Path, request: &str) -> String {
+    let (ok, out, err) = run("debugfs", &["-R", request, part.to_str().unwrap()]);
+    assert!(ok, "debugfs -R '{request}': {err}");
+    out
+}
+
+#[test]
+fn rootfs_overlay_lands_with_content_mode_owner_and_time() {
+    let overlay = repo().join("overlays/k8s-prep/rootfs");
+    for node in ["pi1", "pi3"] {
+        let (_d, root) = root_part(&image(node));
+        for file in [
+            "etc/modules-load.d/k8s.conf",
+            "etc/sysctl.d/99-kubernetes.conf",
+        ] {
+            assert_eq!(
+                debugfs(&root, &format!("cat /{file}")),
+                fs::read_to_string(overlay.join(file)).unwrap(),
+                "{node}: {file}"
+            );
+            let stat = debugfs(&root, &format!("stat /{file}"));
+            assert!(
+                stat.contains("Mode:  0644") && stat.contains("User:     0   Group:     0"),
+                "{node}: {stat}"
+            );
+            // 2022-09-01 12:00 UTC, the default SOURCE_DATE_EPOCH.
+            assert!(
+                stat.contains("mtime: 0x63109ec0") && stat.contains("ctime: 0x63109ec0"),
+                "{node}: {stat}"
+            );
+        }
+        let link = debugfs(&root, "stat /etc/systemd/system/swap.target");
+        assert!(
+            link.contains("Type: symlink") && link.contains("\"/dev/null\""),
+            "{node}: {link}"
+        );
+        // The stock files around the overlay are still there.
+        assert!(debugfs(&root, "cat /etc/hostname").contains("ubuntu"));
+    }
+}
+
+#[test]
+fn decompress_kernel_nodes_get_the_apt_hook_and_a_working_script() {
+    let (_d, root) = root_part(&image("pi5"));
+    let hook = debugfs(&root, "cat /etc/apt/apt.conf.d/999_decompress_rpi_kernel");
+    assert!(
+        hook.contains("DPkg::Post-Invoke")
+            && hook.contains("/boot/firmware/auto_decompress_kernel"),
+        "{hook}"
+    );
+    let (_d3, root3) = root_part(&image("pi3"));
+    assert!(!debugfs(&root3, "ls /etc/apt/apt.conf.d").contains("999_decompress"));
+
+    // Run the script from the image against a boot directory holding the image's vmlinuz.
+    let (_b, part) = boot_part("pi5");
+    let boot = tempfile::tempdir().unwrap();
+    let b = boot.path().to_str().unwrap();
+    for name in ["auto_decompress_kernel", "vmlinuz"] {
+        let (ok, _, err) = run(
+            "mcopy",
+            &[
+                "-n",
+                "-i",
+                part.to_str().unwrap(),
+                &format!("::{name}"),
+                &format!("{b}/{name}"),
+            ],
+        );
+        assert!(ok, "{err}");
+    }
+    let script = format!("PI_IMAGE_BOOT_DIR='{b}' sh '{b}/auto_decompress_kernel'");
+    let (ok, _, err) = run("sh", &["-c", &script]);
+    assert!(ok, "script failed: {err}");
+    assert_eq!(
+        &fs::read(boot.path().join("vmlinux")).unwrap()[0x38..0x3c],
+        b"ARM\x64"
+    );
+    // A kernel update that is not a gzip arm64 Image leaves vmlinux alone and fails loudly.
+    let good = fs::read(boot.path().join("vmlinux")).unwrap();
+    let (ok, _, _) = run(
+        "sh",
+        &["-c", &format!("echo not-a-kernel | gzip > '{b}/vmlinuz'")],
+    );
+    assert!(ok);
+    let (ok, _, err) = run("sh", &["-c", &script]);
+    assert!(!ok && err.contains("not a gzip arm64 kernel"), "{err}");
+    assert_eq!(fs::read(boot.path().join("vmlinux")).unwrap(), good);
+}
+
+#[test]
+fn jammy_base_takes_settings_in_config_txt_and_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("jammy.img");
+    let (ok, _, err) = run(
+        repo().join("tests/fixtures/make-base.sh").to_str().unwrap(),
+        &[base.to_str().unwrap(), "jammy-current"],
+    );
+    assert!(ok, "make-base.sh jammy: {err}");
+    let out = dir.path().join("out");
+    let res = pi_image(
+        &repo(),
+        &[
+            "build",
+            "--node",
+            "pi3",
+            "--base",
+            base.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(String::from_utf8_lossy(&res.stdout).contains("22.04"));
+    let img = out.join("pi3.img");
+    let part = dir.path().join("boot.vfat");
+    extract(&img, BOOT_START, BOOT_LEN, &part);
+    let (ok, fsck, err) = run("fsck.fat", &["-n", part.to_str().unwrap()]);
+    assert!(ok, "{fsck}{err}");
+    let config = mtype(&part, "config.txt");
+    let pi4 = config.rsplit("[pi4]").next().unwrap();
+    assert!(
+        pi4.contains("arm_freq=2000") && pi4.contains("over_voltage=6"),
+        "{config}"
+    );
+    let (_, listing, _) = run("mdir", &["-i", part.to_str().unwrap(), "-b", "::"]);
+    assert!(!listing.contains("usercfg.txt"), "{listing}");
+    let net = mtype(&part, "network-config");
+    assert_eq!(
+        yaml_eval(&net, "d['network']['ethernets']['eth0']['routes']"),
+        "[{'to': 'default', 'via': '192.168.1.1'}]"
+    );
+    assert_eq!(
+        yaml_eval(&net, "'gateway4' in d['network']['ethernets']['eth0']"),
+        "False"
+    );
+    let meta = mtype(&part, "meta-data");
+    assert_eq!(yaml_eval(&meta, "d['dsmode']"), "local");
+    let (_r, root) = root_part(&img);
+    let (ok, o, e) = run("e2fsck", &["-fn", root.to_str().unwrap()]);
+    assert!(ok, "{o}{e}");
+}
+
+#[test]
+fn custom_boot_and_rootfs_overlays_with_a_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("profiles/keys")).unwrap();
+    fs::copy(
+        repo().join("profiles/keys/demo.pub"),
+        d.join("profiles/keys/demo.pub"),
+    )
+    .unwrap();
+    let ov = d.join("overlays/extras");
+    fs::create_dir_all(ov.join("boot/overlays/custom/deeper")).unwrap();
+    fs::create_dir_all(ov.join("rootfs/etc/sudoers.d")).unwrap();
+    fs::create_dir_all(ov.join("rootfs/usr/local/bin")).unwrap();
+    fs::write(
+        ov.join("boot/overlays/custom/deeper/My Long Overlay Name.dtbo"),
+        "dtbo bytes",
+    )
+    .unwrap();
+    for i in 0..120 {
+        fs::write(
+            ov.join(format!(
+                "boot/overlays/custom/Extra Firmware Blob Number {i:03}.bin"
+            )),
+            format!("blob {i}"),
+        )
+        .unwrap();
+    }
+    fs::write(
+        ov.join("rootfs/etc/sudoers.d/k8s"),
+        "ops ALL=(ALL) NOPASSWD: ALL\n",
+    )
+    .unwrap();
+    fs::write(
+        ov.join("rootfs/usr/local/bin/hello"),
+        "#!/bin/sh\necho hello\n",
+    )
+    .unwrap();
+    run(
+        "chmod",
+        &[
+            "755",
+            ov.join("rootfs/usr/local/bin/hello").to_str().unwrap(),
+        ],
+    );
+    fs::write(
+        ov.join("rootfs.toml"),
+        "[\"etc/sudoers.d/k8s\"]\nmode = \"0440\"\nowner = \"0:0\"\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("profiles/p.toml"),
+        "[cluster]\nname = \"c\"\nbase = \"none.img\"\n[defaults]\nssh_keys = [\"keys/demo.pub\"]\noverlays = [\"extras\"]\n[[nodes]]\nname = \"n1\"\n",
+    )
+    .unwrap();
+    let raw = fixture_raw();
+    let res = pi_image(
+        d,
+        &[
+            "--profile",
+            "profiles/p.toml",
+            "build",
+            "--node",
+            "n1",
+            "--base",
+            raw.to_str().unwrap(),
+            "--out",
+            "out",
+        ],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let img = d.join("out/n1.img");
+    let part = d.join("boot.vfat");
+    extract(&img, BOOT_START, BOOT_LEN, &part);
+    let (ok, fsck, err) = run("fsck.fat", &["-n", part.to_str().unwrap()]);
+    assert!(ok, "{fsck}{err}");
+    assert_eq!(
+        mtype(&part, "overlays/custom/deeper/My Long Overlay Name.dtbo"),
+        "dtbo bytes"
+    );
+    assert_eq!(
+        mtype(&part, "overlays/custom/Extra Firmware Blob Number 119.bin"),
+        "blob 119"
+    );
+    let (_r, root) = root_part(&img);
+    let (ok, o, e) = run("e2fsck", &["-fn", root.to_str().unwrap()]);
+    assert!(ok, "{o}{e}");
+    assert!(debugfs(&root, "stat /etc/sudoers.d/k8s").contains("Mode:  0440"));
+    assert!(debugfs(&root, "stat /usr/local/bin/hello").contains("Mode:  0755"));
+    assert_eq!(
+        debugfs(&root, "cat /usr/local/bin/hello"),
+        "#!/bin/sh\necho hello\n"
+    );
+}
