@@ -20,11 +20,10 @@
 //!   and cloud-init's package installs and the cluster services should wait for it. DHCP keeps the
 //!   stock `optional: true`.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use serde_yaml_ng::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
+use crate::profile::StaticAddress;
 use crate::release::Release;
 
 /// The name of the image's default user, created by `users: [default]`.
@@ -73,26 +72,9 @@ pub struct NodeCloudConfig {
     /// Timezone such as `Europe/Berlin`; `None` keeps the image's (UTC).
     pub timezone: Option<String>,
     /// Static IPv4 configuration; `None` keeps DHCP.
-    pub network: Option<StaticNetwork>,
+    pub network: Option<StaticAddress>,
     /// A mapping deep-merged into user-data last (the profile's extra cloud-init); its values win.
     pub extra_user_data: Option<Value>,
-}
-
-/// A static IPv4 address on one wired interface.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StaticNetwork {
-    /// The interface, `eth0` on a Pi with the stock `net.ifnames=0`.
-    pub interface: String,
-    /// The node's address.
-    pub address: Ipv4Addr,
-    /// The prefix length (0..=32), e.g. 24.
-    pub prefix_len: u8,
-    /// The default gateway; `None` for a network without a default route.
-    pub gateway: Option<Ipv4Addr>,
-    /// DNS servers, in order; may be empty.
-    pub dns: Vec<IpAddr>,
-    /// DNS search domains, in order; may be empty.
-    pub search: Vec<String>,
 }
 
 /// Why a cloud-init file could not be generated.
@@ -321,7 +303,7 @@ fn chpasswd_hash(release: Release, hash: &str) -> Value {
 }
 
 /// The netplan settings of a statically addressed interface.
-fn static_ethernet(net: &StaticNetwork, release: Release) -> Result<Mapping, CloudInitError> {
+fn static_ethernet(net: &StaticAddress, release: Release) -> Result<Mapping, CloudInitError> {
     if net.prefix_len > 32 {
         return Err(CloudInitError::PrefixLength(net.prefix_len));
     }
@@ -592,6 +574,7 @@ fn kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     const STOCK: &str =
         "#cloud-config\nchpasswd:\n  expire: true\n  list:\n  - ubuntu:ubuntu\nssh_pwauth: true\n";
@@ -679,7 +662,7 @@ mod tests {
     #[test]
     fn prefix_length_is_checked() {
         let mut c = cfg();
-        c.network = Some(StaticNetwork {
+        c.network = Some(StaticAddress {
             interface: "eth0".into(),
             address: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 33,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::cloudinit::{self, NodeCloudConfig, StaticNetwork};
+use crate::cloudinit::{self, NodeCloudConfig};
 use crate::profile::{Node, Target};
 use crate::release::Release;
 use crate::{cmdline, configtxt};
@@ -243,14 +243,7 @@ fn cloud_config(node: &Node, release: Release) -> Result<NodeCloudConfig, PlanEr
         ssh_keys: node.ssh_keys.clone(),
         password_hash: node.password_hash.clone(),
         timezone: node.timezone.clone(),
-        network: node.network.as_ref().map(|n| StaticNetwork {
-            interface: n.interface.clone(),
-            address: n.address,
-            prefix_len: n.prefix_len,
-            gateway: n.gateway,
-            dns: n.dns.clone(),
-            search: n.search.clone(),
-        }),
+        network: node.network.clone(),
         extra_user_data,
     })
 }

@@ -1,9 +1,13 @@
 //! The FAT boot partition module against filesystems made by mkfs.vfat the way Ubuntu's
 //! system-boot partition is, judged by dosfstools (fsck.fat -n) and mtools, not by our reader.
 
+mod common;
+
+use common::run_ok as run;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use pi_image::bootfs::{BootEntry, BootFs, BootFsError, FatTimestamp};
 use pi_image::partview::PartitionView;
@@ -31,17 +35,6 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 
 fn tool(name: &str) -> Command {
     Command::new(find_tool(name).unwrap())
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A 256 MiB sparse FAT32 image labelled system-boot, like Ubuntu's boot partition.

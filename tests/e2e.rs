@@ -50,6 +50,26 @@ fn demo() -> &'static Path {
     .1
 }
 
+/// Build node pi3 of the demo profile from `base` into `out`, asserting success.
+fn build_pi3(base: &Path, out: &Path) -> std::process::Output {
+    let args = [
+        "build",
+        "--node",
+        "pi3",
+        "--base",
+        base.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let res = pi_image(&repo(), &args);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    res
+}
+
 fn image(node: &str) -> PathBuf {
     demo().join(format!("{node}.img"))
 }
@@ -324,23 +344,7 @@ fn builds_are_reproducible_and_the_base_is_untouched() {
     let before = fs::read(&raw).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("again");
-    let res = pi_image(
-        &repo(),
-        &[
-            "build",
-            "--node",
-            "pi3",
-            "--base",
-            raw.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    build_pi3(&raw, &out);
     assert!(
         fs::read(out.join("pi3.img")).unwrap() == fs::read(image("pi3")).unwrap(),
         "raw and xz bases give different pi3 images"
@@ -516,23 +520,7 @@ fn jammy_base_takes_settings_in_config_txt_and_routes() {
     );
     assert!(ok, "make-base.sh jammy: {err}");
     let out = dir.path().join("out");
-    let res = pi_image(
-        &repo(),
-        &[
-            "build",
-            "--node",
-            "pi3",
-            "--base",
-            base.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    let res = build_pi3(&base, &out);
     assert!(String::from_utf8_lossy(&res.stdout).contains("22.04"));
     let img = out.join("pi3.img");
     let part = dir.path().join("boot.vfat");

@@ -1,6 +1,10 @@
 //! The ext4 module against filesystems made by mkfs.ext4 the way Ubuntu 20.04's is, judged by
 //! e2fsprogs' own tools (e2fsck -fn, debugfs) and cmp, not by our reader.
 
+mod common;
+
+use common::run_ok as run;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,17 +29,6 @@ fn attrs(mode: u32, uid: u32, gid: u32) -> Attrs {
         gid,
         mtime: MTIME,
     }
-}
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// Deterministic noise for the bytes around the filesystem.

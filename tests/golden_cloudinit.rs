@@ -2,12 +2,15 @@
 //! independent parser (PyYAML, as cloud-init uses) and with `cloud-init schema` when installed.
 //! `UPDATE_GOLDEN=1 cargo test --test golden_cloudinit` rewrites the golden files.
 
+mod common;
+
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use pi_image::cloudinit::{self, NodeCloudConfig, StaticNetwork};
+use pi_image::cloudinit::{self, NodeCloudConfig};
+use pi_image::profile::StaticAddress;
 use pi_image::release::Release;
 
 const KEY_A: &str =
@@ -39,7 +42,7 @@ fn lan(release: Release) -> NodeCloudConfig {
         ssh_keys: vec![KEY_A.into(), KEY_B.into()],
         password_hash: None,
         timezone: Some("Europe/Berlin".into()),
-        network: Some(StaticNetwork {
+        network: Some(StaticAddress {
             interface: "eth0".into(),
             address: Ipv4Addr::new(192, 168, 1, 11),
             prefix_len: 24,
@@ -95,7 +98,7 @@ fn scenarios() -> Vec<(&'static str, NodeCloudConfig)> {
     let odd = NodeCloudConfig {
         ssh_keys: vec![ODD_KEY.into()],
         timezone: Some("America/Argentina/Buenos_Aires".into()),
-        network: Some(StaticNetwork {
+        network: Some(StaticAddress {
             search: vec!["cluster.lan".into(), "-lab.example".into(), "x #y".into()],
             ..lan(Release::Noble).network.unwrap()
         }),
@@ -128,33 +131,7 @@ fn golden_dir(scenario: &str) -> PathBuf {
 
 /// Evaluates a Python expression over `d = yaml.safe_load(text)`, printed as JSON.
 fn py(text: &str, expr: &str) -> String {
-    use std::io::Write;
-    let script = format!(
-        "import sys, json, yaml\nd = yaml.safe_load(sys.stdin.read())\nprint(json.dumps({expr}))"
-    );
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("/usr/bin/python3 with python3-yaml");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "PyYAML on:\n{text}\nfailed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim_end()
-        .to_string()
+    common::yaml_eval(text, &format!("json.dumps({expr})"))
 }
 
 fn has_cloud_init() -> bool {

@@ -62,6 +62,20 @@ pub fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Run a prepared command and assert it succeeded; returns its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (see .ci/run)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Copy `len` bytes at `offset` of `image` into a new file `dest` (for tools that take a
 /// filesystem image, not a disk image with an offset).
 pub fn extract(image: &Path, offset: u64, len: u64, dest: &Path) {
@@ -95,11 +109,13 @@ pub fn python_with_yaml() -> String {
 }
 
 /// Parse YAML text with PyYAML (an independent parser) and evaluate the Python expression
-/// `expr` on the document `d`; returns what it prints (`str()` of the result).
+/// `expr` on the document `d` (`json` is imported); returns what it prints (`str()` of the
+/// result).
 pub fn yaml_eval(text: &str, expr: &str) -> String {
     use std::io::Write;
     let py = python_with_yaml();
-    let script = format!("import sys, yaml\nd = yaml.safe_load(sys.stdin.read())\nprint({expr})");
+    let script =
+        format!("import sys, json, yaml\nd = yaml.safe_load(sys.stdin.read())\nprint({expr})");
     let mut child = Command::new(py)
         .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
