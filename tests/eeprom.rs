@@ -1,0 +1,203 @@
+//! The EEPROM image editor on a synthetic `pieeprom.bin` built here, byte by byte, in the
+//! documented section format (not with pi-image's own code): code sections, a padding section,
+//! a `pubkey.bin` file section and `bootconf.txt` last, in its own 4 KiB sector; the reserved
+//! last 4 KiB holds a pattern so any write into it shows.
+
+use pi_image::eeprom::{self, EepromError, FILE_MAGIC, PAD_MAGIC};
+
+const SIZE: usize = 512 * 1024;
+const PUBKEY_AT: usize = 0x76000;
+const BOOTCONF_AT: usize = 0x77000;
+const RESERVED_AT: usize = SIZE - 4096;
+const STOCK: &[u8] = b"[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nPOWER_OFF_ON_HALT=0\n\n";
+
+fn header(img: &mut [u8], at: usize, magic: u32, length: usize) {
+    img[at..at + 4].copy_from_slice(&magic.to_be_bytes());
+    img[at + 4..at + 8].copy_from_slice(&(length as u32).to_be_bytes());
+}
+
+/// A file section: header, 12-byte NUL-padded name, 4 zero bytes, content; returns its end.
+fn file_section(img: &mut [u8], at: usize, name: &str, content: &[u8]) -> usize {
+    header(img, at, FILE_MAGIC, 12 + 4 + content.len());
+    img[at + 8..at + 20].fill(0);
+    img[at + 8..at + 8 + name.len()].copy_from_slice(name.as_bytes());
+    img[at + 20..at + 24].fill(0);
+    img[at + 24..at + 24 + content.len()].copy_from_slice(content);
+    at + 24 + content.len()
+}
+
+fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// The synthetic image with `bootconf.txt` at `bootconf_at`.
+fn synthetic(bootconf_at: usize) -> Vec<u8> {
+    let mut img = vec![0xffu8; SIZE];
+    // Code sections with pseudo-random content (and a magic variant the mask accepts).
+    let mut x = 0x1234_5678u32;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    };
+    header(&mut img, 0, 0x55aa_f00f, 5001);
+    let code = noise(5001);
+    img[8..8 + 5001].copy_from_slice(&code);
+    let second = align8(8 + 5001);
+    header(&mut img, second, 0x55aa_f20f, 777);
+    let code2 = noise(777);
+    img[second + 8..second + 8 + 777].copy_from_slice(&code2);
+    let pad = align8(second + 8 + 777);
+    header(&mut img, pad, PAD_MAGIC, PUBKEY_AT - pad - 8);
+    let end = file_section(&mut img, PUBKEY_AT, "pubkey.bin", &noise(264));
+    let pad2 = align8(end);
+    header(&mut img, pad2, PAD_MAGIC, bootconf_at - pad2 - 8);
+    file_section(&mut img, bootconf_at, "bootconf.txt", STOCK);
+    for (i, b) in img[RESERVED_AT..].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    img
+}
+
+fn be32(img: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(img[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn sections_are_walked_as_documented() {
+    let img = synthetic(BOOTCONF_AT);
+    let s = eeprom::sections(&img).unwrap();
+    let offsets: Vec<usize> = s.iter().map(|s| s.offset).collect();
+    assert_eq!(
+        offsets,
+        vec![0, 5016, 5808, PUBKEY_AT, 0x76120, BOOTCONF_AT]
+    );
+    assert_eq!(s[3].name.as_deref(), Some("pubkey.bin"));
+    assert_eq!(s[5].name.as_deref(), Some("bootconf.txt"));
+    assert_eq!(s[5].length as usize, 16 + STOCK.len());
+    assert_eq!(eeprom::read_file(&img, "bootconf.txt").unwrap(), STOCK);
+}
+
+#[test]
+fn new_config_lands_at_the_section_with_its_length_and_padding() {
+    let img = synthetic(BOOTCONF_AT);
+    let conf = eeprom::bootconf(
+        std::str::from_utf8(STOCK).unwrap(),
+        &[
+            ("BOOT_ORDER".into(), "0xf14".into()),
+            ("POWER_OFF_ON_HALT".into(), "1".into()),
+        ],
+    );
+    assert_eq!(
+        conf,
+        "[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nBOOT_ORDER=0xf14\nPOWER_OFF_ON_HALT=1\n\n"
+    );
+    let new = eeprom::replace_file(&img, "bootconf.txt", conf.as_bytes()).unwrap();
+    assert_eq!(new.len(), SIZE);
+    // Header: magic, length = 12 + 4 + content, name, 4 zero bytes, then the content.
+    assert_eq!(be32(&new, BOOTCONF_AT), 0x55aa_f11f);
+    assert_eq!(be32(&new, BOOTCONF_AT + 4) as usize, 16 + conf.len());
+    assert_eq!(&new[BOOTCONF_AT + 8..BOOTCONF_AT + 20], b"bootconf.txt");
+    assert_eq!(&new[BOOTCONF_AT + 20..BOOTCONF_AT + 24], &[0, 0, 0, 0]);
+    let end = BOOTCONF_AT + 24 + conf.len();
+    assert_eq!(&new[BOOTCONF_AT + 24..end], conf.as_bytes());
+    // The last section: plain 0xff up to the reserved sector, no padding section.
+    assert!(new[end..RESERVED_AT].iter().all(|&b| b == 0xff));
+    // Untouched: everything before the section and the reserved last 4 KiB.
+    assert_eq!(new[..BOOTCONF_AT], img[..BOOTCONF_AT]);
+    assert_eq!(new[RESERVED_AT..], img[RESERVED_AT..]);
+    // Read back through the section walk.
+    assert_eq!(
+        eeprom::read_file(&new, "bootconf.txt").unwrap(),
+        conf.as_bytes()
+    );
+    assert_eq!(eeprom::sections(&new).unwrap().len(), 6);
+}
+
+#[test]
+fn round_trip_is_byte_identical() {
+    let img = synthetic(BOOTCONF_AT);
+    let same = eeprom::replace_file(&img, "bootconf.txt", STOCK).unwrap();
+    assert!(
+        same == img,
+        "writing the same config back changed the image"
+    );
+    let longer = eeprom::replace_file(&img, "bootconf.txt", &[b'x'; 3000]).unwrap();
+    let back = eeprom::replace_file(&longer, "bootconf.txt", STOCK).unwrap();
+    assert!(
+        back == img,
+        "a longer config then the old one again did not give the original"
+    );
+}
+
+#[test]
+fn a_shorter_non_last_file_gets_a_padding_section() {
+    let img = synthetic(BOOTCONF_AT);
+    let new = eeprom::replace_file(&img, "pubkey.bin", b"short").unwrap();
+    let pad = PUBKEY_AT + 24 + 8; // content end aligned to 8
+    assert_eq!(&new[PUBKEY_AT + 29..pad], &[0xff; 3]);
+    assert_eq!(be32(&new, pad), PAD_MAGIC);
+    assert_eq!(be32(&new, pad + 4) as usize, BOOTCONF_AT - pad - 8);
+    assert!(new[pad + 8..BOOTCONF_AT].iter().all(|&b| b == 0xff));
+    assert_eq!(new[BOOTCONF_AT..], img[BOOTCONF_AT..]);
+    assert_eq!(eeprom::read_file(&new, "bootconf.txt").unwrap(), STOCK);
+}
+
+#[test]
+fn too_long_configs_are_refused() {
+    // 32 KiB before the reserved sector: rpi-eeprom-config's limit of one sector applies.
+    let img = synthetic(BOOTCONF_AT);
+    assert!(eeprom::replace_file(&img, "bootconf.txt", &[b'x'; 4076]).is_ok());
+    let e = eeprom::replace_file(&img, "bootconf.txt", &[b'x'; 4077]).unwrap_err();
+    assert!(matches!(e, EepromError::TooLarge { len: 4077, .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("bootconf.txt of 4077 bytes does not fit"),
+        "{e}"
+    );
+    // In the sector just before the reserved one, the sector bounds it.
+    let tight = synthetic(RESERVED_AT - 4096);
+    let fits = 4096 - 24;
+    let ok = eeprom::replace_file(&tight, "bootconf.txt", &vec![b'y'; fits]).unwrap();
+    assert_eq!(ok[RESERVED_AT..], tight[RESERVED_AT..]);
+    let e = eeprom::replace_file(&tight, "bootconf.txt", &vec![b'y'; fits + 1]).unwrap_err();
+    assert_eq!(
+        e,
+        EepromError::TooLarge {
+            name: "bootconf.txt".into(),
+            len: fits + 1,
+            max: fits
+        }
+    );
+}
+
+#[test]
+fn broken_images_are_refused() {
+    let img = synthetic(BOOTCONF_AT);
+    assert!(matches!(
+        eeprom::sections(&img[..1000]),
+        Err(EepromError::BadSize { len: 1000 })
+    ));
+    let mut bad = img.clone();
+    bad[5016..5020].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    let e = eeprom::replace_file(&bad, "bootconf.txt", b"x").unwrap_err();
+    assert!(
+        e.to_string().contains("no section magic at offset 0x1398"),
+        "{e}"
+    );
+    let mut none = img.clone();
+    none[BOOTCONF_AT..BOOTCONF_AT + 4].fill(0xff);
+    let e = eeprom::replace_file(&none, "bootconf.txt", b"x").unwrap_err();
+    assert!(e.to_string().contains("no bootconf.txt section"), "{e}");
+    let mut long = img;
+    long[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        eeprom::sections(&long),
+        Err(EepromError::SectionPastEnd { offset: 0, .. })
+    ));
+}
