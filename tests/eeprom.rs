@@ -1,8 +1,15 @@
 //! The EEPROM image editor on a synthetic `pieeprom.bin` built here, byte by byte, in the
 //! documented section format (not with pi-image's own code): code sections, a padding section,
 //! a `pubkey.bin` file section and `bootconf.txt` last, in its own 4 KiB sector; the reserved
-//! last 4 KiB holds a pattern so any write into it shows.
+//! last 4 KiB holds a pattern so any write into it shows. Then `pi-image eeprom` on it, judged
+//! by sfdisk, fsck.fat, mtools and sha256sum.
 
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{extract, pi_image, repo, run};
 use pi_image::eeprom::{self, EepromError, FILE_MAGIC, PAD_MAGIC};
 
 const SIZE: usize = 512 * 1024;
@@ -200,4 +207,241 @@ fn broken_images_are_refused() {
         eeprom::sections(&long),
         Err(EepromError::SectionPastEnd { offset: 0, .. })
     ));
+}
+
+const CARD_PART_START: u64 = 2048 * 512;
+const CARD_PART_LEN: u64 = 131_072 * 512;
+
+/// Write the synthetic firmware and a recovery.bin into `dir`.
+fn firmware_files(dir: &Path) -> (String, String) {
+    let fw = dir.join("pieeprom-2022-04-26.bin");
+    fs::write(&fw, synthetic(BOOTCONF_AT)).unwrap();
+    let rec = dir.join("recovery.bin");
+    fs::write(&rec, b"not really recovery code ".repeat(4000)).unwrap();
+    (
+        fw.to_str().unwrap().to_string(),
+        rec.to_str().unwrap().to_string(),
+    )
+}
+
+fn card(dir: &Path, name: &str, fw: &str, rec: &str) -> std::path::PathBuf {
+    let out = dir.join(name);
+    let res = pi_image(
+        &repo(),
+        &[
+            "eeprom",
+            "--boot-order",
+            "0xf14",
+            "--set",
+            "POWER_OFF_ON_HALT=1",
+            "--firmware",
+            fw,
+            "--recovery",
+            rec,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        stdout.contains("BOOT_ORDER=0xf14 (USB, then SD, then restart)"),
+        "{stdout}"
+    );
+    out
+}
+
+fn mtools(cmd: &str, part: &Path, args: &[&str]) -> String {
+    let mut all = vec!["-i", part.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run(cmd, &all);
+    assert!(ok, "{cmd} {args:?}: {err}");
+    out
+}
+
+#[test]
+fn eeprom_card_holds_exactly_the_three_update_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fw, rec) = firmware_files(dir.path());
+    let img = card(dir.path(), "eeprom.img", &fw, &rec);
+
+    let (ok, dump, err) = run("sfdisk", &["--dump", img.to_str().unwrap()]);
+    assert!(ok, "sfdisk: {err}");
+    assert!(dump.contains("label: dos"), "{dump}");
+    let parts: Vec<&str> = dump.lines().filter(|l| l.contains("start=")).collect();
+    assert_eq!(parts.len(), 1, "{dump}");
+    assert!(
+        parts[0].contains("start=        2048, size=      131072, type=c"),
+        "{dump}"
+    );
+    assert_eq!(
+        fs::metadata(&img).unwrap().len(),
+        CARD_PART_START + CARD_PART_LEN
+    );
+
+    let part = dir.path().join("part.vfat");
+    extract(&img, CARD_PART_START, CARD_PART_LEN, &part);
+    let (ok, out, err) = run("fsck.fat", &["-n", part.to_str().unwrap()]);
+    assert!(ok, "fsck.fat -n: {out}{err}");
+    assert_eq!(
+        &fs::read(&part).unwrap()[0x52..0x5a],
+        b"FAT32   ",
+        "not FAT32"
+    );
+    let listing = mtools("mdir", &part, &["-b", "::"]);
+    let mut names: Vec<&str> = listing.lines().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["::/pieeprom.sig", "::/pieeprom.upd", "::/recovery.bin"],
+        "{listing}"
+    );
+
+    let upd = dir.path().join("pieeprom.upd");
+    let got_rec = dir.path().join("recovery.got");
+    mtools(
+        "mcopy",
+        &part,
+        &["-n", "::pieeprom.upd", upd.to_str().unwrap()],
+    );
+    mtools(
+        "mcopy",
+        &part,
+        &["-n", "::recovery.bin", got_rec.to_str().unwrap()],
+    );
+    assert!(
+        fs::read(&got_rec).unwrap() == fs::read(&rec).unwrap(),
+        "recovery.bin changed"
+    );
+    let (_, sum, _) = run("sha256sum", &[upd.to_str().unwrap()]);
+    let sig = mtools("mtype", &part, &["::pieeprom.sig"]);
+    assert_eq!(
+        sig,
+        format!(
+            "{}\nts: 1662033600\n",
+            sum.split_whitespace().next().unwrap()
+        )
+    );
+
+    // The new config, at the bootconf.txt section, by the documented layout.
+    let upd = fs::read(&upd).unwrap();
+    let original = synthetic(BOOTCONF_AT);
+    let conf: &[u8] =
+        b"[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nBOOT_ORDER=0xf14\nPOWER_OFF_ON_HALT=1\n\n";
+    assert_eq!(be32(&upd, BOOTCONF_AT + 4) as usize, 16 + conf.len());
+    assert_eq!(&upd[BOOTCONF_AT + 24..BOOTCONF_AT + 24 + conf.len()], conf);
+    assert_eq!(upd[..BOOTCONF_AT], original[..BOOTCONF_AT]);
+    assert_eq!(upd[RESERVED_AT..], original[RESERVED_AT..]);
+
+    let again = card(dir.path(), "again.img", &fw, &rec);
+    assert!(
+        fs::read(&again).unwrap() == fs::read(&img).unwrap(),
+        "rebuild differs"
+    );
+}
+
+#[test]
+fn eeprom_card_refuses_what_it_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fw, rec) = firmware_files(dir.path());
+    let out = dir.path().join("e.img");
+    let o = out.to_str().unwrap();
+    let big_conf = format!("HUGE={}", "x".repeat(5000));
+    for (args, says) in [
+        (
+            vec!["--boot-order", "0xf14", "--out", o],
+            "downloading pieeprom-*.bin is not available yet",
+        ),
+        (
+            vec!["--boot-order", "0xf14", "--firmware", &fw, "--out", o],
+            "no recovery.bin given",
+        ),
+        (
+            vec![
+                "--boot-order",
+                "0xf19",
+                "--firmware",
+                &fw,
+                "--recovery",
+                &rec,
+                "--out",
+                o,
+            ],
+            "'9'",
+        ),
+        (
+            vec![
+                "--boot-order",
+                "f14",
+                "--firmware",
+                &fw,
+                "--recovery",
+                &rec,
+                "--out",
+                o,
+            ],
+            "0x",
+        ),
+        (
+            vec![
+                "--boot-order",
+                "0xf14",
+                "--set",
+                "BOOT_UART",
+                "--firmware",
+                &fw,
+                "--recovery",
+                &rec,
+                "--out",
+                o,
+            ],
+            "KEY=VALUE",
+        ),
+        (
+            vec![
+                "--boot-order",
+                "0xf14",
+                "--set",
+                &big_conf,
+                "--firmware",
+                &fw,
+                "--recovery",
+                &rec,
+                "--out",
+                o,
+            ],
+            "does not fit",
+        ),
+        (
+            vec![
+                "--boot-order",
+                "0xf14",
+                "--firmware",
+                &rec,
+                "--recovery",
+                &rec,
+                "--out",
+                o,
+            ],
+            "not the size of a bootloader EEPROM image",
+        ),
+    ] {
+        let mut all = vec!["eeprom"];
+        all.extend(args.iter().copied());
+        let res = pi_image(&repo(), &all);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            !res.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "{args:?} left output"
+        );
+    }
 }
