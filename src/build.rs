@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::bootfs::{BootFs, FatTimestamp};
+use crate::eepromcard::{self, UpdateFiles};
 use crate::ext4::{self, Attrs, Ext4Fs};
 use crate::image::{self, ImageError, PendingOutput};
 use crate::overlay::{self, OverlayEntry, OverlayKind};
@@ -55,16 +56,24 @@ pub struct BuiltImage {
     pub release: Release,
 }
 
-/// A node's overlays, loaded and checked before anything is written.
+/// A node's overlays and EEPROM update files, loaded and checked before anything is written.
 struct NodeOverlays {
     boot: Vec<OverlayEntry>,
     rootfs: Vec<OverlayEntry>,
+    eeprom: Option<UpdateFiles>,
 }
 
 /// Build `nodes` of `profile` from the base image. A `.xz` base is decompressed once into a
 /// temporary raw image in the output directory, which every node is then copied from.
 pub fn build_nodes(profile: &Profile, nodes: &[&Node], opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
-    let overlays = nodes.iter().map(|n| load_overlays(profile, n)).collect::<Result<Vec<_>>>()?;
+    let mut overlays = nodes.iter().map(|n| load_overlays(profile, n)).collect::<Result<Vec<_>>>()?;
+    for (node, loaded) in nodes.iter().zip(&mut overlays) {
+        if let Some(spec) = &node.eeprom {
+            let files = eepromcard::update_files(spec, opts.epoch)
+                .map_err(|e| Error::Msg(format!("{}: node {}: eeprom: {e}", profile.path.display(), node.name)))?;
+            loaded.eeprom = Some(files);
+        }
+    }
     if !opts.base.is_file() {
         return Err(Error::Msg(format!("{}: base image not found (expected a .img or .img.xz file)", opts.base.display())));
     }
@@ -93,7 +102,7 @@ fn rename_path(e: partition::PartitionError, from: &Path, to: &Path) -> Error {
 
 /// Load every overlay of `node`: `boot/` trees and `rootfs/` trees (with `rootfs.toml`).
 fn load_overlays(profile: &Profile, node: &Node) -> Result<NodeOverlays> {
-    let mut loaded = NodeOverlays { boot: Vec::new(), rootfs: Vec::new() };
+    let mut loaded = NodeOverlays { boot: Vec::new(), rootfs: Vec::new(), eeprom: None };
     for name in &node.overlays {
         let dir = profile.overlays_dir.join(name);
         let (boot, rootfs) = (dir.join("boot"), dir.join("rootfs"));
@@ -174,6 +183,10 @@ fn build_node(
             }
             OverlayKind::Symlink { .. } => unreachable!("refused by load_overlays"),
         }
+    }
+    // After the overlays, so the three files are always the matching set the signature covers.
+    if let Some(files) = &overlays.eeprom {
+        eepromcard::write_to(&fs, files)?;
     }
     fs.unmount()?;
 

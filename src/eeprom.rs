@@ -412,52 +412,58 @@ pub fn check_setting(key: &str, value: &str) -> Result<()> {
 
 /// The new `bootconf.txt`: `existing` (the firmware's default configuration) with each of
 /// `settings` set in its unconditional part — the lines before any `[section]` and the `[all]`
-/// sections. Earlier definitions of those keys there are removed and the new lines go at the end
-/// of the first `[all]` section (or the top, if there is none), so they win; comments, other keys
-/// and conditional sections (`[gpio4=1]`, `[pi5]`) are kept as they were.
+/// sections. A key already defined there gets the new value in place of its first definition
+/// (later unconditional ones are removed, so nothing overrides it); a new key goes at the end of
+/// the first `[all]` section, or of the top lines when there is none. Comments, other keys and
+/// conditional sections (`[gpio4=1]`, `[pi5]`) are kept as they were.
 pub fn bootconf(existing: &str, settings: &[(String, String)]) -> String {
-    let lines: Vec<&str> = existing.lines().collect();
     let is_header = |l: &str| l.trim_start().starts_with('[');
     let is_all = |l: &str| l.trim().eq_ignore_ascii_case("[all]");
-    let key_of = |l: &str| l.split_once('=').map(|(k, _)| k.trim().to_string());
-    let ours = |l: &str| key_of(l).is_some_and(|k| settings.iter().any(|(s, _)| *s == k));
+    let setting_of = |l: &str| {
+        let key = l.split_once('=').map(|(k, _)| k.trim())?;
+        settings.iter().position(|(k, _)| k == key)
+    };
+    let line = |i: usize| format!("{}={}", settings[i].0, settings[i].1);
 
-    let mut kept: Vec<&str> = Vec::new();
-    // Index in `kept` after which the settings go: the last non-blank line of the first [all]
-    // section, or of the unconditional lines at the top when there is no [all].
+    let mut out: Vec<String> = Vec::new();
+    let mut placed = vec![false; settings.len()];
+    // Where new keys go: after the last non-blank line of the first [all] section, or of the
+    // unconditional lines at the top when there is no [all].
     let mut insert_at: Option<usize> = None;
     let mut top_end = 0usize;
     let mut unconditional = true;
     let mut in_first_all = false;
     let mut seen_all = false;
-    for line in lines {
-        if is_header(line) {
-            unconditional = is_all(line);
+    for l in existing.lines() {
+        if is_header(l) {
+            unconditional = is_all(l);
             in_first_all = unconditional && !seen_all;
             seen_all |= unconditional;
-            kept.push(line);
+            out.push(l.to_string());
             if in_first_all {
-                insert_at = Some(kept.len());
+                insert_at = Some(out.len());
             }
             continue;
         }
-        if unconditional && ours(line) {
-            continue;
+        match setting_of(l).filter(|_| unconditional) {
+            Some(i) if placed[i] => continue,
+            Some(i) => {
+                placed[i] = true;
+                out.push(line(i));
+            }
+            None => out.push(l.to_string()),
         }
-        kept.push(line);
-        if !line.trim().is_empty() {
+        if !l.trim().is_empty() {
             if in_first_all {
-                insert_at = Some(kept.len());
+                insert_at = Some(out.len());
             } else if !seen_all && unconditional {
-                top_end = kept.len();
+                top_end = out.len();
             }
         }
     }
     let at = insert_at.unwrap_or(top_end);
-    let new: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut out: Vec<String> = kept[..at].iter().map(|s| s.to_string()).collect();
-    out.extend(new);
-    out.extend(kept[at..].iter().map(|s| s.to_string()));
+    let new = (0..settings.len()).filter(|&i| !placed[i]).map(line);
+    out.splice(at..at, new);
     let mut text = out.join("\n");
     text.push('\n');
     text
@@ -532,7 +538,7 @@ mod tests {
                 stock,
                 &set(&[("BOOT_ORDER", "0xf14"), ("POWER_OFF_ON_HALT", "1")])
             ),
-            "[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nBOOT_ORDER=0xf14\nPOWER_OFF_ON_HALT=1\n\n"
+            "[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nPOWER_OFF_ON_HALT=1\nBOOT_ORDER=0xf14\n\n"
         );
         let cond = "# comment\nBOOT_ORDER=0x1\n[gpio4=1]\nBOOT_ORDER=0x2\n";
         assert_eq!(

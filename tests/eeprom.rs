@@ -102,7 +102,7 @@ fn new_config_lands_at_the_section_with_its_length_and_padding() {
     );
     assert_eq!(
         conf,
-        "[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nBOOT_ORDER=0xf14\nPOWER_OFF_ON_HALT=1\n\n"
+        "[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nPOWER_OFF_ON_HALT=1\nBOOT_ORDER=0xf14\n\n"
     );
     let new = eeprom::replace_file(&img, "bootconf.txt", conf.as_bytes()).unwrap();
     assert_eq!(new.len(), SIZE);
@@ -331,7 +331,7 @@ fn eeprom_card_holds_exactly_the_three_update_files() {
     let upd = fs::read(&upd).unwrap();
     let original = synthetic(BOOTCONF_AT);
     let conf: &[u8] =
-        b"[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nBOOT_ORDER=0xf14\nPOWER_OFF_ON_HALT=1\n\n";
+        b"[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nPOWER_OFF_ON_HALT=1\nBOOT_ORDER=0xf14\n\n";
     assert_eq!(be32(&upd, BOOTCONF_AT + 4) as usize, 16 + conf.len());
     assert_eq!(&upd[BOOTCONF_AT + 24..BOOTCONF_AT + 24 + conf.len()], conf);
     assert_eq!(upd[..BOOTCONF_AT], original[..BOOTCONF_AT]);
@@ -443,5 +443,181 @@ fn eeprom_card_refuses_what_it_cannot_do() {
             2,
             "{args:?} left output"
         );
+    }
+}
+
+const NODE_BOOT_START: u64 = 2048 * 512;
+const NODE_BOOT_LEN: u64 = 524_288 * 512;
+
+/// A profile whose `[defaults]` carry an EEPROM update that one node overrides.
+fn eeprom_profile(dir: &Path, pi2_boot_order: &str) -> std::path::PathBuf {
+    let fw = dir.join("fw");
+    fs::create_dir_all(&fw).unwrap();
+    firmware_files(&fw);
+    let profile = dir.join("p.toml");
+    fs::write(
+        &profile,
+        format!(
+            r#"[cluster]
+name = "testcluster"
+base = "{}"
+
+[defaults]
+eeprom = {{ boot_order = "0xf14", firmware = "fw/pieeprom-2022-04-26.bin", recovery = "fw/recovery.bin", settings = {{ POWER_OFF_ON_HALT = 1, BOOT_UART = true }} }}
+
+[[nodes]]
+name = "pi1"
+
+[[nodes]]
+name = "pi2"
+eeprom = {{ boot_order = "{pi2_boot_order}", firmware = "fw/pieeprom-2022-04-26.bin", recovery = "fw/recovery.bin" }}
+"#,
+            common::fixture_raw().display()
+        ),
+    )
+    .unwrap();
+    profile
+}
+
+#[test]
+fn build_puts_the_update_on_each_nodes_boot_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = eeprom_profile(dir.path(), "0xf41");
+    let out = dir.path().join("out");
+    let res = pi_image(
+        &repo(),
+        &[
+            "--profile",
+            profile.to_str().unwrap(),
+            "build",
+            "--all",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let recovery = fs::read(dir.path().join("fw/recovery.bin")).unwrap();
+    for (node, conf) in [
+        (
+            "pi1",
+            "[all]\nBOOT_UART=1\nWAKE_ON_GPIO=1\nPOWER_OFF_ON_HALT=1\nBOOT_ORDER=0xf14\n\n",
+        ),
+        (
+            "pi2",
+            "[all]\nBOOT_UART=0\nWAKE_ON_GPIO=1\nPOWER_OFF_ON_HALT=0\nBOOT_ORDER=0xf41\n\n",
+        ),
+    ] {
+        let part = dir.path().join(format!("{node}.vfat"));
+        extract(
+            &out.join(format!("{node}.img")),
+            NODE_BOOT_START,
+            NODE_BOOT_LEN,
+            &part,
+        );
+        let (ok, o, e) = run("fsck.fat", &["-n", part.to_str().unwrap()]);
+        assert!(ok, "{node}: fsck.fat -n: {o}{e}");
+        let listing = mtools("mdir", &part, &["-b", "::"]);
+        for f in [
+            "::/recovery.bin",
+            "::/pieeprom.upd",
+            "::/pieeprom.sig",
+            "::/cmdline.txt",
+        ] {
+            assert!(
+                listing.lines().any(|l| l == f),
+                "{node}: no {f} in {listing}"
+            );
+        }
+        let upd = dir.path().join(format!("{node}.upd"));
+        let rec = dir.path().join(format!("{node}.rec"));
+        mtools(
+            "mcopy",
+            &part,
+            &["-n", "::pieeprom.upd", upd.to_str().unwrap()],
+        );
+        mtools(
+            "mcopy",
+            &part,
+            &["-n", "::recovery.bin", rec.to_str().unwrap()],
+        );
+        assert!(
+            fs::read(&rec).unwrap() == recovery,
+            "{node}: recovery.bin differs"
+        );
+        let (_, sum, _) = run("sha256sum", &[upd.to_str().unwrap()]);
+        let sig = mtools("mtype", &part, &["::pieeprom.sig"]);
+        assert_eq!(
+            sig,
+            format!(
+                "{}\nts: 1662033600\n",
+                sum.split_whitespace().next().unwrap()
+            ),
+            "{node}"
+        );
+        let upd = fs::read(&upd).unwrap();
+        assert_eq!(
+            be32(&upd, BOOTCONF_AT + 4) as usize,
+            16 + conf.len(),
+            "{node}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&upd[BOOTCONF_AT + 24..BOOTCONF_AT + 24 + conf.len()]),
+            conf,
+            "{node}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_eeprom_table_fails_the_profile_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = eeprom_profile(dir.path(), "0xf19");
+    let out = dir.path().join("out");
+    let res = pi_image(
+        &repo(),
+        &[
+            "--profile",
+            profile.to_str().unwrap(),
+            "build",
+            "--all",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        err.contains("p.toml:13:25: nodes[1].eeprom.boot_order: BOOT_ORDER '0xf19': '9'"),
+        "{err}"
+    );
+    assert!(!out.exists(), "output written");
+    let text = fs::read_to_string(&profile)
+        .unwrap()
+        .replace("0xf19", "0xf41");
+    for (from, to, says) in [
+        (
+            "POWER_OFF_ON_HALT = 1",
+            "power = 1",
+            "defaults.eeprom.settings.power",
+        ),
+        (
+            "recovery = \"fw/recovery.bin\" }\n",
+            "recovery = \"fw/nope.bin\" }\n",
+            "nodes[1].eeprom.recovery",
+        ),
+        (
+            "boot_order = \"0xf41\"",
+            "boot_order = \"0xf14\", bootorder = 1",
+            "unknown field `bootorder`",
+        ),
+    ] {
+        fs::write(&profile, text.replace(from, to)).unwrap();
+        let res = pi_image(&repo(), &["--profile", profile.to_str().unwrap(), "nodes"]);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success() && err.contains(says), "{to}: {err}");
     }
 }
