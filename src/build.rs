@@ -16,7 +16,7 @@ use crate::overlay::{self, OverlayEntry, OverlayKind};
 use crate::partition::{self, Partition, PartitionTable};
 use crate::partview::PartitionView;
 use crate::plan::{self, NodePlan};
-use crate::profile::{Node, Profile, Target};
+use crate::profile::{Node, PartitionScheme, Profile, Target};
 use crate::release::{self, Release};
 use crate::{Error, Result};
 
@@ -196,7 +196,18 @@ fn build_node(
             .map_err(|e| Error::Msg(format!("node {}: root filesystem: {e}", node.name)))?;
         rootfs.close()?;
     }
-    partition::set_mbr_disk_id(out.file(), &temp, node_plan.disk_id)?;
+    let size = match node.partition_table {
+        PartitionScheme::Mbr => {
+            partition::set_mbr_disk_id(out.file(), &temp, node_plan.disk_id)?;
+            size
+        }
+        PartitionScheme::Gpt => {
+            let table = PartitionTable::read(&temp)?;
+            let guid = |n| plan::gpt_partition_guid(&profile.cluster, &node.name, n);
+            let disk = plan::gpt_disk_guid(&profile.cluster, &node.name);
+            partition::convert_to_gpt(out.file(), &temp, &table, disk, &guid)?
+        }
+    };
 
     let sha256 = sha256_of(out.file()).map_err(io)?;
     let path = out.commit()?;

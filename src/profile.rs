@@ -61,6 +61,26 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// The partition table a node's image gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionScheme {
+    /// Keep the base image's MBR (DOS) table, with a per-node disk identifier.
+    #[default]
+    Mbr,
+    /// Convert it to GPT at the same offsets, with per-node GUIDs.
+    Gpt,
+}
+
+impl std::fmt::Display for PartitionScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PartitionScheme::Mbr => "mbr",
+            PartitionScheme::Gpt => "gpt",
+        })
+    }
+}
+
 /// CPU overclock settings for a Pi 4, written under `[pi4]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +148,8 @@ pub struct Node {
     /// A bootloader EEPROM update to put on the boot partition (`recovery.bin`, `pieeprom.upd`,
     /// `pieeprom.sig`).
     pub eeprom: Option<EepromSpec>,
+    /// The image's partition table.
+    pub partition_table: PartitionScheme,
 }
 
 /// A loaded, validated profile.
@@ -228,6 +250,7 @@ struct RawSettings {
     overlays: Option<Vec<Spanned<String>>>,
     user_data: Option<toml::Table>,
     eeprom: Option<Spanned<RawEeprom>>,
+    partition_table: Option<Spanned<PartitionScheme>>,
 }
 
 /// `eeprom = { boot_order = "0xf14", firmware = "...", recovery = "...", settings = { ... } }`.
@@ -613,6 +636,9 @@ impl Validator<'_> {
             overlays,
             user_data,
             eeprom,
+            partition_table: pick(&n.partition_table, &d.partition_table)
+                .map(|p| *p.get_ref())
+                .unwrap_or_default(),
         })
     }
 
