@@ -193,8 +193,9 @@ fn find<'s>(all: &'s [Section], name: &str) -> Result<&'s Section> {
 /// last one or the gap is too small for a header. Everything else is left as it was.
 ///
 /// One deliberate difference: `rpi-eeprom-config` checks the fit 4 bytes short (it forgets the
-/// 4 zero bytes after the name), so content ending within the reserved sector's first 8 bytes
-/// would be written into it; here such content is refused.
+/// 4 zero bytes after the name), so it accepts content up to 4 bytes too long and writes it and
+/// its 0xff alignment padding over the start of the next section or the reserved sector; here
+/// such content is refused.
 pub fn replace_file(image: &[u8], name: &str, content: &[u8]) -> Result<Vec<u8>> {
     let all = sections(image)?;
     let index = all

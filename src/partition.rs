@@ -1,5 +1,6 @@
 //! The partition table of an image: read it (MBR via `mbrman`, GPT via `gpt`), find the boot
-//! and root partitions by what they hold, and set the MBR disk identifier.
+//! and root partitions by what they hold, set the MBR disk identifier, and convert an MBR table
+//! to GPT at the same offsets.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
