@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::bootfs::{BootFs, FatTimestamp};
+use crate::eepromcard::{self, UpdateFiles};
 use crate::ext4::{self, Attrs, Ext4Fs};
 use crate::image::{self, ImageError, PendingOutput};
 use crate::overlay::{self, OverlayEntry, OverlayKind};
 use crate::partition::{self, Partition, PartitionTable};
 use crate::partview::PartitionView;
 use crate::plan::{self, NodePlan};
-use crate::profile::{Node, Profile, Target};
+use crate::profile::{Node, PartitionScheme, Profile, Target};
 use crate::release::{self, Release};
 use crate::{Error, Result};
 
@@ -55,10 +56,11 @@ pub struct BuiltImage {
     pub release: Release,
 }
 
-/// A node's overlays, loaded and checked before anything is written.
+/// A node's overlays and EEPROM update files, loaded and checked before anything is written.
 struct NodeOverlays {
     boot: Vec<OverlayEntry>,
     rootfs: Vec<OverlayEntry>,
+    eeprom: Option<UpdateFiles>,
 }
 
 /// Build `nodes` of `profile` from the base image. A `.xz` base is decompressed once into a
@@ -68,10 +70,22 @@ pub fn build_nodes(
     nodes: &[&Node],
     opts: &BuildOptions,
 ) -> Result<Vec<BuiltImage>> {
-    let overlays = nodes
+    let mut overlays = nodes
         .iter()
         .map(|n| load_overlays(profile, n))
         .collect::<Result<Vec<_>>>()?;
+    for (node, loaded) in nodes.iter().zip(&mut overlays) {
+        if let Some(spec) = &node.eeprom {
+            let files = eepromcard::update_files(spec, opts.epoch).map_err(|e| {
+                Error::Msg(format!(
+                    "{}: node {}: eeprom: {e}",
+                    profile.path.display(),
+                    node.name
+                ))
+            })?;
+            loaded.eeprom = Some(files);
+        }
+    }
     if !opts.base.is_file() {
         return Err(Error::Msg(format!(
             "{}: base image not found (expected a .img or .img.xz file)",
@@ -124,6 +138,7 @@ fn load_overlays(profile: &Profile, node: &Node) -> Result<NodeOverlays> {
     let mut loaded = NodeOverlays {
         boot: Vec::new(),
         rootfs: Vec::new(),
+        eeprom: None,
     };
     for name in &node.overlays {
         let dir = profile.overlays_dir.join(name);
@@ -229,6 +244,10 @@ fn build_node(
             OverlayKind::Symlink { .. } => unreachable!("refused by load_overlays"),
         }
     }
+    // After the overlays, so the three files are always the matching set the signature covers.
+    if let Some(files) = &overlays.eeprom {
+        eepromcard::write_to(&fs, files)?;
+    }
     fs.unmount()?;
 
     if !overlays.rootfs.is_empty() || !node_plan.rootfs_files.is_empty() {
@@ -243,7 +262,18 @@ fn build_node(
         .map_err(|e| Error::Msg(format!("node {}: root filesystem: {e}", node.name)))?;
         rootfs.close()?;
     }
-    partition::set_mbr_disk_id(out.file(), &temp, node_plan.disk_id)?;
+    let size = match node.partition_table {
+        PartitionScheme::Mbr => {
+            partition::set_mbr_disk_id(out.file(), &temp, node_plan.disk_id)?;
+            size
+        }
+        PartitionScheme::Gpt => {
+            let table = PartitionTable::read(&temp)?;
+            let guid = |n| plan::gpt_partition_guid(&profile.cluster, &node.name, n);
+            let disk = plan::gpt_disk_guid(&profile.cluster, &node.name);
+            partition::convert_to_gpt(out.file(), &temp, &table, disk, &guid)?
+        }
+    };
 
     let sha256 = sha256_of(out.file()).map_err(io)?;
     let path = out.commit()?;

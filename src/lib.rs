@@ -4,13 +4,16 @@
 //! list of edits, and [`build`] applies those edits to a copy of the base image, using the
 //! partition table ([`partition`]), a byte-range view of one partition ([`partview`]), the FAT boot
 //! partition ([`bootfs`]) and the ext4 root ([`ext4`]). The text patchers ([`configtxt`],
-//! [`cmdline`], [`cloudinit`]) are pure functions from text to text.
+//! [`cmdline`], [`cloudinit`]) are pure functions from text to text, and [`eeprom`] works on the
+//! Pi 4 bootloader EEPROM image's bytes; [`eepromcard`] makes the update files and card from it.
 
 pub mod bootfs;
 pub mod build;
 pub mod cloudinit;
 pub mod cmdline;
 pub mod configtxt;
+pub mod eeprom;
+pub mod eepromcard;
 pub mod error;
 pub mod ext4;
 pub mod image;

@@ -7,6 +7,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use pi_image::build::{self, BuildOptions};
+use pi_image::eeprom::BootOrder;
+use pi_image::eepromcard::{self, EepromSpec};
 use pi_image::profile::{BaseSpec, Profile};
 use pi_image::{inspect, profile};
 
@@ -48,6 +50,24 @@ enum Command {
     },
     /// List the nodes a profile defines.
     Nodes,
+    /// Write a small SD card image that updates a Pi 4's bootloader EEPROM (boot order, settings).
+    Eeprom {
+        /// BOOT_ORDER, read right to left: 0xf14 = USB, then SD, then restart.
+        #[arg(long)]
+        boot_order: String,
+        /// Another bootloader setting, KEY=VALUE (repeatable), e.g. POWER_OFF_ON_HALT=1.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The pieeprom-*.bin to start from (from the rpi-eeprom repository's firmware-2711).
+        #[arg(long)]
+        firmware: Option<PathBuf>,
+        /// The recovery.bin of the same rpi-eeprom release.
+        #[arg(long)]
+        recovery: Option<PathBuf>,
+        /// The card image to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,6 +141,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
             print!("{}", inspect::inspect(&image, model)?);
+            Ok(())
+        }
+        Command::Eeprom {
+            boot_order,
+            set,
+            firmware,
+            recovery,
+            out,
+        } => {
+            let spec = EepromSpec {
+                boot_order: BootOrder::parse(&boot_order)
+                    .map_err(|e| anyhow::anyhow!("--boot-order: {e}"))?,
+                settings: set
+                    .iter()
+                    .map(|s| {
+                        eepromcard::parse_setting(s).map_err(|e| anyhow::anyhow!("--set: {e}"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                firmware,
+                recovery,
+            };
+            let epoch = source_date_epoch()?;
+            let files = eepromcard::update_files(&spec, epoch)?;
+            let card = eepromcard::write_card(&files, &out, epoch)?;
+            println!(
+                "{}  {} MiB  BOOT_ORDER={} ({})  pieeprom.upd sha256 {}",
+                card.path.display(),
+                card.size >> 20,
+                files.boot_order,
+                files.boot_order.describe(),
+                card.upd_sha256
+            );
             Ok(())
         }
         Command::Nodes => {

@@ -1,5 +1,6 @@
 //! The partition table of an image: read it (MBR via `mbrman`, GPT via `gpt`), find the boot
-//! and root partitions by what they hold, and set the MBR disk identifier.
+//! and root partitions by what they hold, set the MBR disk identifier, and convert an MBR table
+//! to GPT at the same offsets.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -331,4 +332,208 @@ pub fn set_mbr_disk_id(file: &mut File, path: &Path, id: u32) -> Result<(), Part
     file.seek(SeekFrom::Start(MBR_DISK_ID_OFFSET)).map_err(io)?;
     file.write_all(&id.to_le_bytes()).map_err(io)?;
     Ok(())
+}
+
+/// A GUID, its 16 bytes in the order it is written as text (`0fc63daf-8483-...`). On disk, GPT
+/// stores the first three fields little-endian ([`Guid::to_disk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Guid(pub [u8; 16]);
+
+impl Guid {
+    /// Microsoft basic data: the type of the FAT boot partition. The Pi 4 bootloader matches it
+    /// (and the EFI system type, whose FAT handling needed bootloader fixes in 2021).
+    pub const BASIC_DATA: Guid = Guid([
+        0xeb, 0xd0, 0xa0, 0xa2, 0xb9, 0xe5, 0x44, 0x33, 0x87, 0xc0, 0x68, 0xb6, 0xb7, 0x26, 0x99,
+        0xc7,
+    ]);
+    /// Linux filesystem data: the type of the ext4 root partition.
+    pub const LINUX_FS: Guid = Guid([
+        0x0f, 0xc6, 0x3d, 0xaf, 0x84, 0x83, 0x47, 0x72, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d,
+        0xe4,
+    ]);
+
+    /// The mixed-endian on-disk form: first three fields little-endian, the rest as written.
+    pub fn to_disk(self) -> [u8; 16] {
+        let b = self.0;
+        [
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]
+    }
+}
+
+impl std::fmt::Display for Guid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// GPT constants: 128 entries of 128 bytes (32 sectors), so the first usable sector is 34 and
+/// the backup table takes the last 33 sectors.
+const GPT_ENTRIES: usize = 128;
+const GPT_ENTRY_SIZE: usize = 128;
+const GPT_TABLE_SECTORS: u64 = (GPT_ENTRIES * GPT_ENTRY_SIZE) as u64 / SECTOR;
+const GPT_FIRST_USABLE: u64 = 2 + GPT_TABLE_SECTORS;
+
+/// Replace the MBR table of the image open in `file` with a GPT holding the same partitions at
+/// the same offsets: a protective MBR, the primary header and entries in sectors 1-33, and the
+/// backup entries and header in the last 33 sectors, for which the image grows when its last
+/// partition reaches its end. FAT partitions get the basic data type, ext4 ones Linux
+/// filesystem data; names are the filesystem labels. Returns the image's new length.
+pub fn convert_to_gpt(
+    file: &mut File,
+    path: &Path,
+    table: &PartitionTable,
+    disk_guid: Guid,
+    partition_guid: &dyn Fn(u32) -> Guid,
+) -> Result<u64, PartitionError> {
+    let io = |source| PartitionError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let bad = |reason: String| PartitionError::NoTable {
+        path: path.to_owned(),
+        reason,
+    };
+    if table.kind != TableKind::Mbr {
+        return Err(bad("converting to GPT needs an MBR table".into()));
+    }
+    if table.partitions.len() > GPT_ENTRIES {
+        return Err(bad(format!(
+            "{} partitions do not fit in a GPT",
+            table.partitions.len()
+        )));
+    }
+    let mut entries = vec![0u8; GPT_ENTRIES * GPT_ENTRY_SIZE];
+    let mut end_lba = GPT_FIRST_USABLE;
+    for (slot, p) in table.partitions.iter().enumerate() {
+        let (type_guid, name) = match &p.content {
+            Content::Fat { label } => (Guid::BASIC_DATA, label.as_str()),
+            Content::Ext4 { label } => (Guid::LINUX_FS, label.as_str()),
+            Content::Unknown => {
+                return Err(bad(format!(
+                    "partition {} holds neither FAT nor ext4: no GPT type for it",
+                    p.number
+                )));
+            }
+        };
+        let (first, count) = (p.start / SECTOR, p.len / SECTOR);
+        if p.start % SECTOR != 0 || p.len % SECTOR != 0 || count == 0 || first < GPT_FIRST_USABLE {
+            return Err(bad(format!(
+                "partition {} (sectors {first}+{count}) overlaps the GPT header area (sectors 0-{})",
+                p.number,
+                GPT_FIRST_USABLE - 1
+            )));
+        }
+        let e = &mut entries[slot * GPT_ENTRY_SIZE..(slot + 1) * GPT_ENTRY_SIZE];
+        e[0..16].copy_from_slice(&type_guid.to_disk());
+        e[16..32].copy_from_slice(&partition_guid(p.number).to_disk());
+        e[32..40].copy_from_slice(&first.to_le_bytes());
+        e[40..48].copy_from_slice(&(first + count - 1).to_le_bytes());
+        // Attributes (48..56) stay 0; the name is UTF-16LE, at most 36 code units.
+        for (i, unit) in name.encode_utf16().take(36).enumerate() {
+            e[56 + 2 * i..58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
+        }
+        end_lba = end_lba.max(first + count);
+    }
+    let old_len = file.metadata().map_err(io)?.len();
+    let total = old_len
+        .div_ceil(SECTOR)
+        .max(end_lba + GPT_TABLE_SECTORS + 1);
+    let new_len = total * SECTOR;
+    file.set_len(new_len).map_err(io)?;
+
+    let entries_crc = crc32(&entries);
+    let last_usable = total - GPT_TABLE_SECTORS - 2;
+    let header = |my_lba: u64, alternate: u64, entries_lba: u64| {
+        let mut h = [0u8; SECTOR as usize];
+        h[0..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&my_lba.to_le_bytes());
+        h[32..40].copy_from_slice(&alternate.to_le_bytes());
+        h[40..48].copy_from_slice(&GPT_FIRST_USABLE.to_le_bytes());
+        h[48..56].copy_from_slice(&last_usable.to_le_bytes());
+        h[56..72].copy_from_slice(&disk_guid.to_disk());
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+        h[80..84].copy_from_slice(&(GPT_ENTRIES as u32).to_le_bytes());
+        h[84..88].copy_from_slice(&(GPT_ENTRY_SIZE as u32).to_le_bytes());
+        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+        let crc = crc32(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    };
+
+    // Protective MBR: the boot code stays, one 0xee entry covers the disk (capped at 32 bits).
+    let mut mbr = [0u8; SECTOR as usize];
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.read_exact(&mut mbr).map_err(io)?;
+    mbr[440..510].fill(0);
+    let pe = &mut mbr[446..462];
+    pe[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
+    pe[4] = 0xee;
+    pe[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    pe[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let covered = u32::try_from(total - 1).unwrap_or(u32::MAX);
+    pe[12..16].copy_from_slice(&covered.to_le_bytes());
+    mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+
+    let backup_entries = total - 1 - GPT_TABLE_SECTORS;
+    let (primary, backup) = (
+        header(1, total - 1, 2),
+        header(total - 1, 1, backup_entries),
+    );
+    let writes: [(u64, &[u8]); 5] = [
+        (0, &mbr),
+        (1, &primary),
+        (2, &entries),
+        (backup_entries, &entries),
+        (total - 1, &backup),
+    ];
+    for (lba, bytes) in writes {
+        file.seek(SeekFrom::Start(lba * SECTOR)).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+    }
+    Ok(new_len)
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as GPT uses).
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_and_guid_encoding_follow_the_spec() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(
+            Guid::BASIC_DATA.to_string(),
+            "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7"
+        );
+        // On disk the first three fields are little-endian (UEFI spec, appendix A).
+        assert_eq!(
+            Guid::LINUX_FS.to_disk()[..8],
+            [0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47]
+        );
+    }
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use crate::cloudinit::{self, NodeCloudConfig};
-use crate::profile::{Node, Target};
+use crate::partition::Guid;
+use crate::profile::{Node, PartitionScheme, Target};
 use crate::release::Release;
 use crate::{cmdline, configtxt};
 
@@ -110,6 +111,28 @@ pub fn disk_id(cluster: &str, node: &str) -> u32 {
     if id == 0 { 1 } else { id }
 }
 
+/// A GUID derived from the cluster and node names and what it identifies (`disk`,
+/// `partition 2`): stable across rebuilds, unique per node. RFC 9562 version 8 (custom), the
+/// layout for name-based GUIDs from SHA-256.
+pub fn gpt_guid(cluster: &str, node: &str, what: &str) -> Guid {
+    let digest = Sha256::digest(format!("pi-image gpt guid\0{cluster}\0{node}\0{what}"));
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80; // version 8
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122/9562 variant
+    Guid(b)
+}
+
+/// The GPT disk GUID of a node's image.
+pub fn gpt_disk_guid(cluster: &str, node: &str) -> Guid {
+    gpt_guid(cluster, node, "disk")
+}
+
+/// The GPT unique partition GUID of partition `number` (1-based) of a node's image.
+pub fn gpt_partition_guid(cluster: &str, node: &str, number: u32) -> Guid {
+    gpt_guid(cluster, node, &format!("partition {number}"))
+}
+
 /// Plan the boot-partition edits for `node`.
 ///
 /// `stock` reads a stock file of the base image's boot partition by name (see [`STOCK_FILES`]);
@@ -151,7 +174,14 @@ pub fn plan_node(
     }
     boot_files.insert(settings_file.to_string(), settings);
 
-    let root = format!("root=PARTUUID={disk_id:08x}-{root_partition:02}");
+    // The kernel names a GPT partition by its unique GUID, an MBR one by disk id and number.
+    let root = match node.partition_table {
+        PartitionScheme::Mbr => format!("root=PARTUUID={disk_id:08x}-{root_partition:02}"),
+        PartitionScheme::Gpt => format!(
+            "root=PARTUUID={}",
+            gpt_partition_guid(cluster, &node.name, root_partition)
+        ),
+    };
     let mut tokens: Vec<&str> = vec![root.as_str()];
     if node.kubernetes {
         tokens.extend(KUBERNETES_CMDLINE);

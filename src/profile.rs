@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::eeprom::{self, BootOrder};
+use crate::eepromcard::EepromSpec;
 use crate::{configtxt, sshkey};
 
 /// The official Ubuntu 20.04.5 arm64+raspi image, the default base of the demo profile.
@@ -55,6 +57,26 @@ impl std::fmt::Display for Target {
         f.write_str(match self {
             Target::Sd => "sd",
             Target::Ssd => "ssd",
+        })
+    }
+}
+
+/// The partition table a node's image gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionScheme {
+    /// Keep the base image's MBR (DOS) table, with a per-node disk identifier.
+    #[default]
+    Mbr,
+    /// Convert it to GPT at the same offsets, with per-node GUIDs.
+    Gpt,
+}
+
+impl std::fmt::Display for PartitionScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PartitionScheme::Mbr => "mbr",
+            PartitionScheme::Gpt => "gpt",
         })
     }
 }
@@ -123,6 +145,11 @@ pub struct Node {
     pub overlays: Vec<String>,
     /// Extra cloud-init user-data to merge (cluster-wide merged with the node's).
     pub user_data: Option<toml::Table>,
+    /// A bootloader EEPROM update to put on the boot partition (`recovery.bin`, `pieeprom.upd`,
+    /// `pieeprom.sig`).
+    pub eeprom: Option<EepromSpec>,
+    /// The image's partition table.
+    pub partition_table: PartitionScheme,
 }
 
 /// A loaded, validated profile.
@@ -222,6 +249,18 @@ struct RawSettings {
     kubernetes: Option<bool>,
     overlays: Option<Vec<Spanned<String>>>,
     user_data: Option<toml::Table>,
+    eeprom: Option<Spanned<RawEeprom>>,
+    partition_table: Option<Spanned<PartitionScheme>>,
+}
+
+/// `eeprom = { boot_order = "0xf14", firmware = "...", recovery = "...", settings = { ... } }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEeprom {
+    boot_order: Spanned<String>,
+    firmware: Option<Spanned<String>>,
+    recovery: Option<Spanned<String>>,
+    settings: Option<BTreeMap<String, Spanned<ConfigValue>>>,
 }
 
 /// config.txt values may be written as TOML strings, integers or booleans.
@@ -576,6 +615,11 @@ impl Validator<'_> {
                 }
             }
         }
+        let eeprom = match (&n.eeprom, &d.eeprom) {
+            (Some(e), _) => Some(self.eeprom(e.get_ref(), &field("eeprom", true))?),
+            (None, Some(e)) => Some(self.eeprom(e.get_ref(), &field("eeprom", false))?),
+            (None, None) => None,
+        };
         let user_data = match (&d.user_data, &n.user_data) {
             (None, None) => None,
             (Some(a), None) => Some(a.clone()),
@@ -599,6 +643,55 @@ impl Validator<'_> {
             kubernetes,
             overlays,
             user_data,
+            eeprom,
+            partition_table: pick(&n.partition_table, &d.partition_table)
+                .map(|p| *p.get_ref())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The node's EEPROM update: a strictly parsed boot order, checked settings, and firmware
+    /// files relative to the profile that must exist (a missing `firmware` is reported by the
+    /// build: downloading it is not available yet).
+    fn eeprom(&self, e: &RawEeprom, f: &str) -> Result<EepromSpec, ProfileError> {
+        let boot_order = BootOrder::parse(e.boot_order.get_ref()).map_err(|err| {
+            self.err(
+                e.boot_order.span(),
+                format!("{f}.boot_order"),
+                err.to_string(),
+            )
+        })?;
+        let file =
+            |p: &Option<Spanned<String>>, name: &str| -> Result<Option<PathBuf>, ProfileError> {
+                let Some(p) = p else { return Ok(None) };
+                let path = self.dir.join(p.get_ref());
+                if !path.is_file() {
+                    return Err(self.err(
+                        p.span(),
+                        format!("{f}.{name}"),
+                        format!(
+                            "{} not found (expected a file, relative to the profile)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Ok(Some(path))
+            };
+        let firmware = file(&e.firmware, "firmware")?;
+        let recovery = file(&e.recovery, "recovery")?;
+        let mut settings = Vec::new();
+        for (key, value) in e.settings.iter().flatten() {
+            let rendered = value.get_ref().render();
+            eeprom::check_setting(key, &rendered).map_err(|err| {
+                self.err(value.span(), format!("{f}.settings.{key}"), err.to_string())
+            })?;
+            settings.push((key.clone(), rendered));
+        }
+        Ok(EepromSpec {
+            boot_order,
+            settings,
+            firmware,
+            recovery,
         })
     }
 
