@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{extract, fixture_raw, fixture_xz, pi_image, repo, run, yaml_eval};
+use common::{extract, fixture_raw, fixture_xz, pi_image, pi_image_ok, repo, run, yaml_eval};
 
 const NODES: [&str; 5] = ["pi1", "pi2", "pi3", "pi4", "pi5"];
 const BOOT_START: u64 = 2048 * 512;
@@ -61,13 +61,7 @@ fn build_pi3(base: &Path, out: &Path) -> std::process::Output {
         "--out",
         out.to_str().unwrap(),
     ];
-    let res = pi_image(&repo(), &args);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    res
+    pi_image_ok(&repo(), &args)
 }
 
 fn image(node: &str) -> PathBuf {
@@ -607,7 +601,7 @@ fn custom_boot_and_rootfs_overlays_with_a_manifest() {
     )
     .unwrap();
     let raw = fixture_raw();
-    let res = pi_image(
+    pi_image_ok(
         d,
         &[
             "--profile",
@@ -620,11 +614,6 @@ fn custom_boot_and_rootfs_overlays_with_a_manifest() {
             "--out",
             "out",
         ],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
     );
     let img = d.join("out/n1.img");
     let part = d.join("boot.vfat");

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{extract, fixture_raw, pi_image, repo, run};
+use common::{extract, fixture_raw, pi_image, pi_image_ok, repo, run};
 
 const SECTOR: u64 = 512;
 
@@ -38,7 +38,7 @@ partition_table = "mbr"
     )
     .unwrap();
     let out = dir.join(out);
-    let res = pi_image(
+    pi_image_ok(
         &repo(),
         &[
             "--profile",
@@ -48,11 +48,6 @@ partition_table = "mbr"
             "--out",
             out.to_str().unwrap(),
         ],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
     );
     out
 }

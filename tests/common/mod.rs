@@ -48,6 +48,17 @@ pub fn pi_image(cwd: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Run pi-image with `args` in `cwd` and assert it succeeded.
+pub fn pi_image_ok(cwd: &Path, args: &[&str]) -> Output {
+    let out = pi_image(cwd, args);
+    assert!(
+        out.status.success(),
+        "pi-image {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Run a command, returning (success, stdout, stderr).
 pub fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(cmd)
