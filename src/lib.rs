@@ -4,15 +4,18 @@
 //! list of edits, and [`build`] applies those edits to a copy of the base image, using the
 //! partition table ([`partition`]), a byte-range view of one partition ([`partview`]), the FAT boot
 //! partition ([`bootfs`]) and the ext4 root ([`ext4`]). The text patchers ([`configtxt`],
-//! [`cmdline`], [`cloudinit`]) are pure functions from text to text.
+//! [`cmdline`], [`cloudinit`]) are pure functions from text to text. A base image named by URL is
+//! downloaded, verified ([`signature`]) and decompressed by [`fetch`] into the [`cache`].
 
 pub mod bootfs;
 pub mod build;
+pub mod cache;
 pub mod cloudinit;
 pub mod cmdline;
 pub mod configtxt;
 pub mod error;
 pub mod ext4;
+pub mod fetch;
 pub mod image;
 pub mod inspect;
 pub mod overlay;
@@ -21,6 +24,7 @@ pub mod partview;
 pub mod plan;
 pub mod profile;
 pub mod release;
+pub mod signature;
 pub mod sshkey;
 
 pub use error::{Error, Result};
