@@ -190,7 +190,11 @@ pub struct Fetched {
 
 /// Make sure the cache holds the verified image for `remote`, downloading it if needed (unless
 /// `opts.offline`). Holds the cache lock throughout.
-pub fn fetch(cache: &Cache, remote: &RemoteBase, opts: &FetchOptions) -> Result<Fetched, FetchError> {
+pub fn fetch(
+    cache: &Cache,
+    remote: &RemoteBase,
+    opts: &FetchOptions,
+) -> Result<Fetched, FetchError> {
     let lock = cache.lock()?;
     if let Some(entry) = cached(cache, remote)? {
         return Ok(Fetched {
@@ -221,10 +225,7 @@ pub fn fetch(cache: &Cache, remote: &RemoteBase, opts: &FetchOptions) -> Result<
             Ok(done) => break done,
             Err(Attempt::Retry(e)) if attempt < opts.retries => {
                 attempt += 1;
-                eprintln!(
-                    "pi-image: {e}; retrying ({attempt} of {})",
-                    opts.retries
-                );
+                eprintln!("pi-image: {e}; retrying ({attempt} of {})", opts.retries);
                 std::thread::sleep(Duration::from_millis(500 * u64::from(attempt)));
             }
             Err(Attempt::Retry(e) | Attempt::Fatal(e)) => return Err(e),
@@ -246,7 +247,9 @@ pub fn fetch(cache: &Cache, remote: &RemoteBase, opts: &FetchOptions) -> Result<
     };
     let entry = cache.insert(raw, meta)?;
     let part = cache.part_path(&expected);
-    fs::remove_file(&part).or_else(ignore_missing).map_err(io_err(&part))?;
+    fs::remove_file(&part)
+        .or_else(ignore_missing)
+        .map_err(io_err(&part))?;
     Ok(Fetched {
         entry,
         downloaded: true,
@@ -462,7 +465,10 @@ pub fn find_in_sums(sums: &[u8], name: &str) -> Result<Option<String>, String> {
             return Err(format!("line {}: '{hex}' is not a sha256", i + 1));
         }
         // ' *name' (binary mode, Ubuntu's format) or '  name' (text mode).
-        let file = rest.strip_prefix('*').or_else(|| rest.strip_prefix(' ')).unwrap_or(rest);
+        let file = rest
+            .strip_prefix('*')
+            .or_else(|| rest.strip_prefix(' '))
+            .unwrap_or(rest);
         if file == name {
             return Ok(Some(hex));
         }
@@ -651,7 +657,8 @@ fn download(
         .open(&part_path)
         .map_err(|e| fatal_io(&part_path, e))?;
     // A restart (or a .part longer than what we resume from) drops the old bytes.
-    part.set_len(part_len).map_err(|e| fatal_io(&part_path, e))?;
+    part.set_len(part_len)
+        .map_err(|e| fatal_io(&part_path, e))?;
     let replay = if part_len > 0 {
         let f = File::open(&part_path).map_err(|e| fatal_io(&part_path, e))?;
         Some(BufReader::with_capacity(NET_BUF, f))
@@ -753,7 +760,12 @@ fn content_range_start(resp: &reqwest::blocking::Response) -> Option<u64> {
         .get(reqwest::header::CONTENT_RANGE)?
         .to_str()
         .ok()?;
-    v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    v.strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Download progress on stderr: an indicatif bar on a terminal, a plain line every few seconds
@@ -840,7 +852,10 @@ mod tests {
         let a = "a".repeat(64);
         let b = "B".repeat(64);
         let sums = format!("{a} *one.img.xz\n{b}  two.img.xz\n");
-        assert_eq!(find_in_sums(sums.as_bytes(), "one.img.xz").unwrap(), Some(a));
+        assert_eq!(
+            find_in_sums(sums.as_bytes(), "one.img.xz").unwrap(),
+            Some(a)
+        );
         assert_eq!(
             find_in_sums(sums.as_bytes(), "two.img.xz").unwrap(),
             Some("b".repeat(64))

@@ -409,7 +409,9 @@ impl Validator<'_> {
                     return Err(self.err(
                         u.span(),
                         "cluster.base_sha256sums",
-                        format!("'{url}' is not an http(s) URL (expected the SHA256SUMS file's URL)"),
+                        format!(
+                            "'{url}' is not an http(s) URL (expected the SHA256SUMS file's URL)"
+                        ),
                     ));
                 }
                 Some(url.to_string())
@@ -451,7 +453,10 @@ impl Validator<'_> {
             _ => {
                 // Checksums verify downloads; a local file is the user's own.
                 for (field, span) in [
-                    ("cluster.base_sha256", cluster.base_sha256.as_ref().map(|s| s.span())),
+                    (
+                        "cluster.base_sha256",
+                        cluster.base_sha256.as_ref().map(|s| s.span()),
+                    ),
                     (
                         "cluster.base_sha256sums",
                         cluster.base_sha256sums.as_ref().map(|s| s.span()),
@@ -876,7 +881,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 fn is_http_url(s: &str) -> bool {
     (s.starts_with("https://") || s.starts_with("http://"))
         && !s.contains(char::is_whitespace)
-        && s.splitn(4, '/').nth(2).is_some_and(|host| !host.is_empty())
+        && s.split('/').nth(2).is_some_and(|host| !host.is_empty())
 }
 
 fn is_label(s: &str) -> bool {

@@ -287,11 +287,19 @@ fn cases() -> Vec<Case> {
                 "base = \"http://127.0.0.1:9/x.img.xz\"",
             ),
             None,
-            &["p.toml:4:8", "cluster.base", "nothing to verify", "base_sha256"],
+            &[
+                "p.toml:4:8",
+                "cluster.base",
+                "nothing to verify",
+                "base_sha256",
+            ],
         ),
         c(
             "base_sha256 not a sha256",
-            ("base = \"ubuntu-20.04.5\"", "base = \"ubuntu-20.04.5\"\nbase_sha256 = \"abc\""),
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"ubuntu-20.04.5\"\nbase_sha256 = \"abc\"",
+            ),
             None,
             &["p.toml:5:15", "cluster.base_sha256", "64 hex digits"],
         ),
@@ -302,7 +310,11 @@ fn cases() -> Vec<Case> {
                 "base = \"ubuntu-20.04.5\"\nbase_sha256sums = \"SHA256SUMS\"",
             ),
             None,
-            &["p.toml:5:19", "cluster.base_sha256sums", "not an http(s) URL"],
+            &[
+                "p.toml:5:19",
+                "cluster.base_sha256sums",
+                "not an http(s) URL",
+            ],
         ),
         c(
             "base_sha256 on a local file",
@@ -311,7 +323,11 @@ fn cases() -> Vec<Case> {
                 "base = \"local.img\"\nbase_sha256sums = \"http://127.0.0.1:9/SHA256SUMS\"",
             ),
             None,
-            &["p.toml:5:19", "cluster.base_sha256sums", "only applies to a URL base"],
+            &[
+                "p.toml:5:19",
+                "cluster.base_sha256sums",
+                "only applies to a URL base",
+            ],
         ),
         c("missing base image", ("", ""), Missing, &["nosuch.img"]),
         c(
