@@ -147,7 +147,7 @@ pub enum FetchError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignaturePolicy {
     /// Check `SHA256SUMS.gpg` against this OpenPGP public key file (armored or binary); `None`
-    /// means the key shipped with pi-image, if any.
+    /// fails such a fetch, since pi-image ships no key (see [`crate::signature`]).
     Verify(Option<PathBuf>),
     /// Don't check it (`--insecure-skip-signature`).
     Skip,
@@ -400,8 +400,9 @@ fn expected_sha256(
             ),
             SignaturePolicy::Verify(key) => {
                 let sig_url = format!("{sums_url}.gpg");
+                // The key first: a missing or broken key is reported without a download.
+                let key = signature::load_trusted_key(key.as_deref(), &sig_url)?;
                 let sig = get_small(client, &sig_url)?;
-                let key = signature::load_trusted_key(key.as_deref())?;
                 signature::verify_detached(&key, &sums, &sig, &sig_url)?;
             }
         }

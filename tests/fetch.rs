@@ -734,3 +734,130 @@ fn test_server_answers_ranges() {
     assert!(resp.starts_with(b"HTTP/1.1 206"));
     assert_eq!(&resp[split..], &xz[100..]);
 }
+
+/// A throw-away GnuPG home for making test keys and signatures with `gpg` (an independent
+/// OpenPGP implementation); its agent is stopped on drop.
+struct Gpg {
+    home: tempfile::TempDir,
+}
+
+impl Gpg {
+    fn new() -> Gpg {
+        Gpg {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+        let mut child = std::process::Command::new("gpg")
+            .arg("--batch")
+            .arg("--quiet")
+            .args(["--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .env("GNUPGHOME", self.home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run gpg: {e} (apt-get install gpg gpg-agent)"));
+        let mut input = child.stdin.take().unwrap();
+        if let Some(data) = stdin {
+            input.write_all(data).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Make a signing key and return its armored public key.
+    fn key(&self, uid: &str, algo: &str) -> Vec<u8> {
+        self.run(&["--quick-gen-key", uid, algo, "sign", "never"], None);
+        self.run(&["--armor", "--export", uid], None)
+    }
+
+    /// An armored detached signature over `data` by every key in `uids` (like Ubuntu's
+    /// SHA256SUMS.gpg, which holds one signature per signing key).
+    fn sign(&self, uids: &[&str], data: &[u8]) -> Vec<u8> {
+        let mut args = vec!["--armor", "--detach-sign"];
+        for u in uids {
+            args.extend(["--local-user", u]);
+        }
+        self.run(&args, Some(data))
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("gpgconf")
+            .args(["--kill", "gpg-agent"])
+            .env("GNUPGHOME", self.home.path())
+            .output();
+    }
+}
+
+#[test]
+fn sha256sums_signature_is_checked() {
+    let gpg = Gpg::new();
+    let rsa = gpg.key("Test CD Image Signing Key <rsa@test.invalid>", "rsa2048");
+    let ed = gpg.key("Other Key <ed@test.invalid>", "ed25519");
+    let (server, xz) = serve_fixture();
+    let sums = server.state.lock().unwrap().files["/SHA256SUMS"].clone();
+    let dir = sums_profile(&server);
+    fs::write(dir.path().join("rsa.asc"), &rsa).unwrap();
+    fs::write(dir.path().join("ed.asc"), &ed).unwrap();
+    fs::write(dir.path().join("garbage.asc"), b"not a key").unwrap();
+
+    // No key at all: refused before anything is downloaded, saying what to do.
+    fails(
+        run(dir.path(), &["fetch"]),
+        &[
+            &server.url("SHA256SUMS.gpg"),
+            "--signing-key",
+            "8439 38DF 228D 22F7 B374 2BC0 D94A A3F0 EFE2 1092",
+            "--insecure-skip-signature",
+        ],
+    );
+    fails(
+        run(dir.path(), &["fetch", "--signing-key", "garbage.asc"]),
+        &["garbage.asc", "not a usable OpenPGP public key"],
+    );
+
+    // Signed by the RSA key only; the trusted key is the ed25519 one.
+    server.put("SHA256SUMS.gpg", gpg.sign(&["rsa@test.invalid"], &sums));
+    fails(
+        run(dir.path(), &["fetch", "--signing-key", "ed.asc"]),
+        &[&server.url("SHA256SUMS.gpg"), "bad signature"],
+    );
+
+    // SHA256SUMS changed after signing (say, to list a substituted image).
+    let mut forged = sums.clone();
+    forged.extend_from_slice(format!("{} *extra.img.xz\n", "1".repeat(64)).as_bytes());
+    server.put("SHA256SUMS", forged);
+    fails(
+        run(dir.path(), &["fetch", "--signing-key", "rsa.asc"]),
+        &[&server.url("SHA256SUMS.gpg"), "bad signature"],
+    );
+    assert!(
+        server.requests_for(NAME).is_empty(),
+        "downloaded despite a bad signature"
+    );
+    assert!(cache_files(dir.path()).is_empty());
+
+    // Two signatures in one file, as Ubuntu publishes: the trusted key's one counts.
+    server.put("SHA256SUMS", sums.clone());
+    server.put(
+        "SHA256SUMS.gpg",
+        gpg.sign(&["ed@test.invalid", "rsa@test.invalid"], &sums),
+    );
+    for key in ["rsa.asc", "ed.asc"] {
+        ok(run(dir.path(), &["cache", "clean"]));
+        let out = ok(run(dir.path(), &["fetch", "--signing-key", key]));
+        assert!(!stderr(&out).contains("WARNING"), "{}", stderr(&out));
+        assert_cached(dir.path(), &xz);
+    }
+}
