@@ -27,12 +27,12 @@ use crate::image::PendingOutput;
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// I/O on a file or directory of the cache failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (not a `source`: the message already says it).
+        error: io::Error,
     },
     /// A metadata file is not what pi-image writes.
     #[error("{}: unreadable cache metadata: {reason} (remove it, or run `pi-image cache clean`)", path.display())]
@@ -51,9 +51,9 @@ pub enum CacheError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
+    move |error| CacheError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

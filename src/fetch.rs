@@ -128,12 +128,12 @@ pub enum FetchError {
         cache: PathBuf,
     },
     /// I/O on a local file failed (disk full, permissions).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (not a `source`: the message already says it).
+        error: io::Error,
     },
     /// The `SHA256SUMS` signature is bad or cannot be checked.
     #[error(transparent)]
@@ -302,9 +302,9 @@ fn ignore_missing(e: io::Error) -> io::Result<()> {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io {
+    move |error| FetchError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -612,7 +612,7 @@ fn download(
     let fatal_io = |p: &Path, e: io::Error| {
         Attempt::Fatal(FetchError::Io {
             path: p.to_owned(),
-            source: e,
+            error: e,
         })
     };
     let mut part_len = match fs::metadata(&part_path) {
@@ -710,7 +710,7 @@ fn download(
     let raw_temp = raw.temp_path().to_owned();
     drop(decoded);
     let mut s = shared.borrow_mut();
-    s.progress.finish();
+    s.progress.finish(copied.is_ok());
     let actual = hex(&std::mem::take(&mut s.hasher).finalize());
     let delete_part = || fs::remove_file(&part_path).or_else(ignore_missing);
     let raw_size = match copied {
@@ -826,20 +826,21 @@ impl Progress {
         let rate = mib(self.pos) / secs;
         match self.total {
             Some(t) if t > 0 => format!(
-                "{:.0} of {:.0} MiB ({:.0}%), {rate:.1} MiB/s",
+                "{:.1} of {:.1} MiB ({:.0}%), {rate:.1} MiB/s",
                 mib(self.pos),
                 mib(t),
                 self.pos as f64 * 100.0 / t as f64
             ),
-            _ => format!("{:.0} MiB, {rate:.1} MiB/s", mib(self.pos)),
+            _ => format!("{:.1} MiB, {rate:.1} MiB/s", mib(self.pos)),
         }
     }
 
-    fn finish(&mut self) {
+    /// Clear the bar; in plain mode say how it went when the whole file arrived.
+    fn finish(&mut self, complete: bool) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
-        } else if self.plain {
-            eprintln!("pi-image: fetched {}: {}", self.name, self.line());
+        } else if self.plain && complete {
+            eprintln!("pi-image: received {}: {}", self.name, self.line());
         }
     }
 }

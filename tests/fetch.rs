@@ -861,3 +861,42 @@ fn sha256sums_signature_is_checked() {
         assert_cached(dir.path(), &xz);
     }
 }
+
+#[test]
+fn no_room_for_the_raw_image_fails_naming_the_file_and_leaves_nothing() {
+    // A file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored so writes fail with EFBIG instead of
+    // killing the process) stands in for a full disk: the 65 KB download fits, the 350 MB raw
+    // image does not.
+    let (server, xz) = serve_fixture();
+    let dir = setup(
+        &format!("base_sha256 = \"{}\"", sha256_hex(&xz)),
+        &server.url(NAME),
+    );
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -f 4096; exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_pi-image"),
+            "--profile",
+            "profiles/p.toml",
+            "--cache-dir",
+            "cache",
+            "fetch",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = fails(out, &["File too large"]);
+    eprintln!("{err}");
+    assert!(
+        err.contains(&dir.path().join("cache").display().to_string()) || err.contains("cache/"),
+        "{err}"
+    );
+    // The download is kept for later (the bytes are good); no image, no temp file.
+    let sha = sha256_hex(&xz);
+    assert_eq!(
+        cache_files(dir.path()),
+        vec![format!("cache/partial/{sha}.part")],
+        "{err}"
+    );
+}
