@@ -55,6 +55,8 @@ pub struct RemoteBase {
     pub sha256sums: Option<String>,
     /// The release it holds, when known from the alias (`Ubuntu 20.04.5`), for `cache list`.
     pub release: Option<String>,
+    /// The OpenPGP public key trusted to sign `sha256sums` (`base_signing_key`, a file).
+    pub signing_key: Option<PathBuf>,
 }
 
 impl RemoteBase {
@@ -222,6 +224,7 @@ struct RawCluster {
     base: Spanned<String>,
     base_sha256: Option<Spanned<String>>,
     base_sha256sums: Option<Spanned<String>>,
+    base_signing_key: Option<Spanned<String>>,
     overlays_dir: Option<Spanned<String>>,
 }
 
@@ -418,8 +421,34 @@ impl Validator<'_> {
             }
             None => None,
         };
+        let signing_key = match &cluster.base_signing_key {
+            Some(k) => {
+                let path = self.dir.join(k.get_ref());
+                if !path.is_file() {
+                    return Err(self.err(
+                        k.span(),
+                        "cluster.base_signing_key",
+                        format!(
+                            "'{}' is not a file (expected an OpenPGP public key, relative to the profile)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Some(path)
+            }
+            None => None,
+        };
         let remote = |url: &str, default_sums: Option<&str>, release: Option<&str>| {
             let sha256sums = sums.clone().or(default_sums.map(str::to_string));
+            if let Some(k) = &cluster.base_signing_key
+                && sha256sums.is_none()
+            {
+                return Err(self.err(
+                    k.span(),
+                    "cluster.base_signing_key",
+                    "signs SHA256SUMS, but this base has no base_sha256sums (it is verified by base_sha256 alone)",
+                ));
+            }
             if sha256.is_none() && sha256sums.is_none() {
                 // A download nobody can verify is refused rather than trusted.
                 return Err(self.err(
@@ -433,6 +462,7 @@ impl Validator<'_> {
                 sha256: sha256.clone(),
                 sha256sums,
                 release: release.map(str::to_string),
+                signing_key: signing_key.clone(),
             };
             if r.file_name().is_empty() {
                 return Err(self.err(

@@ -4,7 +4,7 @@
 //! pi-image does not ship the Ubuntu CD image signing key: no package reachable from the machines
 //! this was built on carries it (Debian 12 has no `ubuntu-keyring`), and a key copied from
 //! memory or an unverifiable source would be worse than none. The trusted key is therefore
-//! always given by the user (`--signing-key FILE`); without one, a `SHA256SUMS`-verified fetch
+//! always given by the user (`base_signing_key` in the profile, or `--signing-key FILE`); without one, a `SHA256SUMS`-verified fetch
 //! fails and says how to get past it.
 
 use std::io::Cursor;
@@ -22,7 +22,7 @@ pub const UBUNTU_CDIMAGE_2012_FINGERPRINT: &str = "843938DF228D22F7B3742BC0D94AA
 pub enum SignatureError {
     /// No trusted key is configured and none ships with pi-image.
     #[error(
-        "no trusted OpenPGP key to check {sig_url} with: pass --signing-key FILE (for Ubuntu images the \
+        "no trusted OpenPGP key to check {sig_url} with: set cluster.base_signing_key or pass --signing-key FILE (for Ubuntu images the \
          Ubuntu CD image signing key, fingerprint 8439 38DF 228D 22F7 B374 2BC0 D94A A3F0 EFE2 1092), \
          pin base_sha256 in the profile, or pass --insecure-skip-signature"
     )]

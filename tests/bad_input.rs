@@ -329,6 +329,28 @@ fn cases() -> Vec<Case> {
                 "only applies to a URL base",
             ],
         ),
+        c(
+            "base_signing_key not a file",
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"ubuntu-20.04.5\"\nbase_signing_key = \"nokey.asc\"",
+            ),
+            None,
+            &["p.toml:5:20", "cluster.base_signing_key", "not a file"],
+        ),
+        c(
+            "base_signing_key without SHA256SUMS",
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"http://127.0.0.1:9/x.img\"\nbase_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nbase_signing_key = \"p.toml\"",
+            ),
+            None,
+            &[
+                "p.toml:6:20",
+                "cluster.base_signing_key",
+                "no base_sha256sums",
+            ],
+        ),
         c("missing base image", ("", ""), Missing, &["nosuch.img"]),
         c(
             "base image that is not a disk image",

@@ -860,6 +860,16 @@ fn sha256sums_signature_is_checked() {
         assert!(!stderr(&out).contains("WARNING"), "{}", stderr(&out));
         assert_cached(dir.path(), &xz);
     }
+
+    // The key named in the profile (relative to it) instead of on the command line.
+    ok(run(dir.path(), &["cache", "clean"]));
+    let p = dir.path().join("profiles/p.toml");
+    let text = fs::read_to_string(&p)
+        .unwrap()
+        .replace("[defaults]", "base_signing_key = \"../ed.asc\"\n[defaults]");
+    fs::write(&p, text).unwrap();
+    ok(run(dir.path(), &["fetch"]));
+    assert_cached(dir.path(), &xz);
 }
 
 #[test]
@@ -899,4 +909,21 @@ fn no_room_for_the_raw_image_fails_naming_the_file_and_leaves_nothing() {
         vec![format!("cache/partial/{sha}.part")],
         "{err}"
     );
+}
+
+#[test]
+fn default_cache_dir_follows_xdg_cache_home() {
+    let (server, xz) = serve_fixture();
+    let dir = sums_profile(&server);
+    let xdg = dir.path().join("xdg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pi-image"))
+        .args(["--profile", "profiles/p.toml", "fetch", SKIP])
+        .current_dir(dir.path())
+        .env("XDG_CACHE_HOME", &xdg)
+        .output()
+        .unwrap();
+    ok(out);
+    let sha = sha256_hex(&xz);
+    assert!(xdg.join(format!("pi-image/{sha}.img")).is_file());
+    assert!(xdg.join(format!("pi-image/{sha}.toml")).is_file());
 }
