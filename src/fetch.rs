@@ -234,9 +234,13 @@ pub fn fetch(
     };
     let (raw, stats) = done;
     let now = cache::now_rfc3339();
+    let release = remote
+        .release
+        .clone()
+        .or_else(|| detect_release(raw.temp_path()));
     let meta = Metadata {
         source_url: remote.url.clone(),
-        release: remote.release.clone(),
+        release,
         format: stats.format.name().to_string(),
         compressed_sha256: expected.clone(),
         compressed_size: stats.compressed_size,
@@ -283,6 +287,19 @@ pub fn open_cache(dir: Option<&Path>) -> Result<Cache, CacheError> {
         Some(d) => Cache::open(d),
         None => Cache::open(&Cache::default_dir()?),
     }
+}
+
+/// The release in a raw image's root filesystem (`PRETTY_NAME` of `/etc/os-release`), for
+/// `cache list`. `None` when it cannot be read: the build checks the image properly and says why.
+fn detect_release(raw: &Path) -> Option<String> {
+    let table = crate::partition::PartitionTable::read(raw).ok()?;
+    let root = table.root(raw).ok()?;
+    let fs = crate::ext4::Ext4Fs::open(raw, root.start, root.len, false).ok()?;
+    let os = crate::ext4::os_release(&fs).ok()?;
+    Some(
+        os.pretty_name
+            .unwrap_or_else(|| format!("{} {}", os.id, os.version_id)),
+    )
 }
 
 /// The cached entry for `remote`, without touching the network: by the pinned sha256, else by

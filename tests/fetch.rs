@@ -323,6 +323,8 @@ fn assert_cached(dir: &Path, xz: &[u8]) -> PathBuf {
         "{meta}"
     );
     assert!(meta.contains("format = \"xz\""), "{meta}");
+    // Not from an alias, so read from the image's /etc/os-release.
+    assert!(meta.contains("release = \"Ubuntu 20.04"), "{meta}");
     assert_eq!(
         cache_files(dir),
         vec![format!("cache/{sha}.img"), format!("cache/{sha}.toml")]
