@@ -5,7 +5,7 @@ BIN := target/release/pi-image
 FIXTURE := tests/fixtures/ubuntu-20.04.5-replica.img.xz
 DEMO_OUT ?= out/demo
 
-.PHONY: all build demo test clean
+.PHONY: all build demo test bench clean
 
 all: build
 
@@ -19,6 +19,10 @@ demo: build
 
 test:
 	$(CARGO) test --locked --all-targets
+
+# Fetch speed and memory on a generated ~1 GB image served on loopback (not a test).
+bench:
+	bench/fetch.sh
 
 clean:
 	$(CARGO) clean

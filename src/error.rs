@@ -31,6 +31,12 @@ pub enum Error {
     /// An overlay tree is invalid.
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),
+    /// A base image could not be downloaded or verified.
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    /// The image cache could not be read or changed.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Msg(String),

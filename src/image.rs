@@ -65,6 +65,88 @@ pub fn is_compressed(path: &Path) -> Result<bool, ImageError> {
     Ok(head[..got] == *XZ_MAGIC)
 }
 
+/// How a base image (local or downloaded) is compressed, judged by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.xz` (liblzma, multi-threaded).
+    Xz,
+    /// `.gz` (flate2; concatenated members are decoded as one).
+    Gzip,
+    /// `.zst` (ruzstd; concatenated frames are decoded as one).
+    Zstd,
+    /// Not compressed: a raw disk image.
+    Raw,
+}
+
+impl Format {
+    /// Judge the format from the first bytes of a file (at least 6 bytes, or the whole file).
+    pub fn sniff(head: &[u8]) -> Format {
+        if head.starts_with(XZ_MAGIC) {
+            Format::Xz
+        } else if head.starts_with(&[0x1f, 0x8b]) {
+            Format::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Format::Zstd
+        } else {
+            Format::Raw
+        }
+    }
+
+    /// A short name for messages: `xz`, `gzip`, `zstd`, `raw`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Xz => "xz",
+            Format::Gzip => "gzip",
+            Format::Zstd => "zstd",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+/// Wrap `reader` (positioned at the start of a file of the given format) in the matching
+/// streaming decoder, so that reading it yields raw image bytes.
+pub fn decoder<R: BufRead + 'static>(format: Format, reader: R) -> Box<dyn Read> {
+    match format {
+        Format::Xz => Box::new(XzStreams::new(reader)),
+        Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Format::Zstd => Box::new(ZstdFrames {
+            current: None,
+            idle: Some(reader),
+        }),
+        Format::Raw => Box::new(reader),
+    }
+}
+
+/// Decodes every concatenated zstd frame of the input (ruzstd's decoder reads one frame).
+struct ZstdFrames<R: BufRead> {
+    current: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+    idle: Option<R>,
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(dec) = &mut self.current {
+                let n = dec.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                self.idle = self.current.take().map(|d| d.into_inner());
+            }
+            let Some(mut reader) = self.idle.take() else {
+                return Ok(0);
+            };
+            if reader.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.current = Some(
+                ruzstd::decoding::StreamingDecoder::new(reader)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+            );
+        }
+    }
+}
+
 /// Decodes every concatenated `.xz` stream of the input, each with liblzma's multi-threaded
 /// decoder (whose builder cannot set `LZMA_CONCATENATED`, so the streams are chained here).
 struct XzStreams<R: BufRead> {

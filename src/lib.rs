@@ -6,9 +6,12 @@
 //! partition ([`bootfs`]) and the ext4 root ([`ext4`]). The text patchers ([`configtxt`],
 //! [`cmdline`], [`cloudinit`]) are pure functions from text to text, and [`eeprom`] works on the
 //! Pi 4 bootloader EEPROM image's bytes; [`eepromcard`] makes the update files and card from it.
+//! A base image named by URL is downloaded, verified ([`signature`]) and decompressed by [`fetch`]
+//! into the [`cache`].
 
 pub mod bootfs;
 pub mod build;
+pub mod cache;
 pub mod cloudinit;
 pub mod cmdline;
 pub mod configtxt;
@@ -16,6 +19,7 @@ pub mod eeprom;
 pub mod eepromcard;
 pub mod error;
 pub mod ext4;
+pub mod fetch;
 pub mod image;
 pub mod inspect;
 pub mod overlay;
@@ -24,6 +28,7 @@ pub mod partview;
 pub mod plan;
 pub mod profile;
 pub mod release;
+pub mod signature;
 pub mod sshkey;
 
 pub use error::{Error, Result};

@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use pi_image::build::{self, BuildOptions};
 use pi_image::eeprom::BootOrder;
 use pi_image::eepromcard::{self, EepromSpec};
+use pi_image::fetch::{self, FetchOptions, SignaturePolicy};
 use pi_image::profile::{BaseSpec, Profile};
-use pi_image::{inspect, profile};
+use pi_image::{cache, inspect, profile};
 
 /// Turn the stock Ubuntu Raspberry Pi image into per-node, ready-to-boot images for a cluster.
 #[derive(Parser)]
@@ -19,8 +20,51 @@ struct Cli {
     /// The cluster profile.
     #[arg(long, global = true, default_value = "profiles/cluster.toml")]
     profile: PathBuf,
+    /// The image cache [default: $XDG_CACHE_HOME/pi-image, else ~/.cache/pi-image].
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How a base image named by URL is downloaded and verified.
+#[derive(Args)]
+struct FetchArgs {
+    /// Never touch the network: use the cached image, or fail if the cache lacks it.
+    #[arg(long)]
+    offline: bool,
+    /// OpenPGP public key trusted to sign SHA256SUMS (armored or binary).
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// Do NOT check the OpenPGP signature of SHA256SUMS (the checksum itself is still checked).
+    #[arg(long, conflicts_with = "signing_key")]
+    insecure_skip_signature: bool,
+    /// Retries of an interrupted download or a server error (each resumes where it stopped).
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+}
+
+impl FetchArgs {
+    fn options(&self) -> FetchOptions {
+        FetchOptions {
+            offline: self.offline,
+            retries: self.retries,
+            signature: if self.insecure_skip_signature {
+                SignaturePolicy::Skip
+            } else {
+                SignaturePolicy::Verify(self.signing_key.clone())
+            },
+            progress: true,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// What is cached: release, raw size, sha256, last use, source URL.
+    List,
+    /// Remove every cached image and partial download.
+    Clean,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +83,18 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        #[command(flatten)]
+        fetch: FetchArgs,
+    },
+    /// Download the profile's base image into the cache and verify it (once; later runs reuse it).
+    Fetch {
+        #[command(flatten)]
+        fetch: FetchArgs,
+    },
+    /// Show or clear the image cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheCommand,
     },
     /// Show what is in an image: partitions, release, effective config.txt, cmdline, cloud-init.
     Inspect {
@@ -87,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             all,
             base,
             out,
+            fetch,
         } => {
             let profile = load_profile(&cli.profile)?;
             let nodes = if all {
@@ -109,14 +166,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?
             };
-            let base = match (base, &profile.base) {
-                (Some(b), _) => b,
-                (None, BaseSpec::Path(p)) => p.clone(),
-                (None, BaseSpec::Url(url)) => bail!(
-                    "{}: cluster.base is a URL ({url}): download not available yet; pass --base with a local .img or .img.xz",
-                    profile.path.display()
-                ),
+            let base_spec = match base {
+                Some(b) => BaseSpec::Path(b),
+                None => profile.base.clone(),
             };
+            // `_fetched` holds the cache lock until the build has read the base.
+            let (base, _fetched) =
+                fetch::base_for_build(&base_spec, cli.cache_dir.as_deref(), &fetch.options())?;
             let epoch = source_date_epoch()?;
             let opts = BuildOptions {
                 base,
@@ -133,6 +189,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     img.target,
                     img.release
                 );
+            }
+            Ok(())
+        }
+        Command::Fetch { fetch } => {
+            let profile = load_profile(&cli.profile)?;
+            let BaseSpec::Url(remote) = &profile.base else {
+                bail!(
+                    "{}: cluster.base is a local file, nothing to fetch",
+                    profile.path.display()
+                );
+            };
+            let cache = fetch::open_cache(cli.cache_dir.as_deref())?;
+            let fetched = fetch::fetch(&cache, remote, &fetch.options())?;
+            let m = &fetched.entry.meta;
+            println!(
+                "{}  {} MiB raw  sha256 {}  {}  ({})",
+                fetched.entry.image.display(),
+                m.raw_size >> 20,
+                m.compressed_sha256,
+                m.release.as_deref().unwrap_or("release unknown"),
+                if fetched.downloaded {
+                    "downloaded and verified"
+                } else {
+                    "already cached"
+                }
+            );
+            Ok(())
+        }
+        Command::Cache { action } => {
+            let cache = fetch::open_cache(cli.cache_dir.as_deref())?;
+            let _lock = cache.lock()?;
+            match action {
+                CacheCommand::List => print!("{}", cache::list_table(&cache.list()?)),
+                CacheCommand::Clean => {
+                    let c = cache.clean()?;
+                    println!(
+                        "removed {} files ({} MiB) from {}",
+                        c.files,
+                        c.bytes >> 20,
+                        cache.dir().display()
+                    );
+                }
             }
             Ok(())
         }

@@ -33,13 +33,40 @@ pub struct ProfileError {
     pub message: String,
 }
 
+/// The `SHA256SUMS` file published beside [`UBUNTU_20_04_5_URL`].
+pub const UBUNTU_20_04_5_SUMS_URL: &str =
+    "https://cdimage.ubuntu.com/releases/20.04.5/release/SHA256SUMS";
+
 /// Where the base image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseSpec {
-    /// A download URL (fetching is not implemented yet: pass `--base`).
-    Url(String),
+    /// A download: fetched into the cache (see [`crate::fetch`]) and verified before use.
+    Url(RemoteBase),
     /// A local `.img` or `.img.xz` file.
     Path(PathBuf),
+}
+
+/// A base image to download, and how to verify it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteBase {
+    /// The image's URL (`.img`, `.img.xz`, `.img.gz` or `.img.zst`).
+    pub url: String,
+    /// The pinned sha256 of the file at `url` (lowercase hex), if the profile gives one.
+    pub sha256: Option<String>,
+    /// A `SHA256SUMS` URL whose line for the file name of `url` gives the sha256.
+    pub sha256sums: Option<String>,
+    /// The release it holds, when known from the alias (`Ubuntu 20.04.5`), for `cache list`.
+    pub release: Option<String>,
+    /// The OpenPGP public key trusted to sign `sha256sums` (`base_signing_key`, a file).
+    pub signing_key: Option<PathBuf>,
+}
+
+impl RemoteBase {
+    /// The last path segment of the URL: the name looked up in `SHA256SUMS`.
+    pub fn file_name(&self) -> &str {
+        let path = self.url.split(['?', '#']).next().unwrap_or("");
+        path.rsplit('/').next().unwrap_or("")
+    }
 }
 
 /// Which disk a node boots from.
@@ -222,6 +249,9 @@ struct RawProfile {
 struct RawCluster {
     name: Spanned<String>,
     base: Spanned<String>,
+    base_sha256: Option<Spanned<String>>,
+    base_sha256sums: Option<Spanned<String>>,
+    base_signing_key: Option<Spanned<String>>,
     overlays_dir: Option<Spanned<String>>,
 }
 
@@ -319,7 +349,7 @@ impl Validator<'_> {
                 format!("'{cluster}' is not a valid name (expected letters, digits and '-', 1-63 characters)"),
             ));
         }
-        let base = self.base(&raw.cluster.base)?;
+        let base = self.base(&raw.cluster)?;
         let overlays_dir = match &raw.cluster.overlays_dir {
             Some(d) => self.dir.join(d.get_ref()),
             None => self.dir.join("../overlays"),
@@ -390,7 +420,8 @@ impl Validator<'_> {
         })
     }
 
-    fn base(&self, base: &Spanned<String>) -> Result<BaseSpec, ProfileError> {
+    fn base(&self, cluster: &RawCluster) -> Result<BaseSpec, ProfileError> {
+        let base = &cluster.base;
         let b = base.get_ref().trim();
         if b.is_empty() {
             return Err(self.err(
@@ -399,11 +430,118 @@ impl Validator<'_> {
                 "empty (expected \"ubuntu-20.04.5\", a URL or a path)",
             ));
         }
-        Ok(match b {
-            "ubuntu-20.04.5" => BaseSpec::Url(UBUNTU_20_04_5_URL.into()),
-            _ if b.starts_with("https://") || b.starts_with("http://") => BaseSpec::Url(b.into()),
-            _ => BaseSpec::Path(self.dir.join(b)),
-        })
+        let sha256 = match &cluster.base_sha256 {
+            Some(h) => {
+                let hex = h.get_ref().trim().to_ascii_lowercase();
+                if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(self.err(
+                        h.span(),
+                        "cluster.base_sha256",
+                        format!("'{}' is not a sha256 (expected 64 hex digits)", h.get_ref()),
+                    ));
+                }
+                Some(hex)
+            }
+            None => None,
+        };
+        let sums = match &cluster.base_sha256sums {
+            Some(u) => {
+                let url = u.get_ref().trim();
+                if !is_http_url(url) {
+                    return Err(self.err(
+                        u.span(),
+                        "cluster.base_sha256sums",
+                        format!(
+                            "'{url}' is not an http(s) URL (expected the SHA256SUMS file's URL)"
+                        ),
+                    ));
+                }
+                Some(url.to_string())
+            }
+            None => None,
+        };
+        let signing_key = match &cluster.base_signing_key {
+            Some(k) => {
+                let path = self.dir.join(k.get_ref());
+                if !path.is_file() {
+                    return Err(self.err(
+                        k.span(),
+                        "cluster.base_signing_key",
+                        format!(
+                            "'{}' is not a file (expected an OpenPGP public key, relative to the profile)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        let remote = |url: &str, default_sums: Option<&str>, release: Option<&str>| {
+            let sha256sums = sums.clone().or(default_sums.map(str::to_string));
+            if let Some(k) = &cluster.base_signing_key
+                && sha256sums.is_none()
+            {
+                return Err(self.err(
+                    k.span(),
+                    "cluster.base_signing_key",
+                    "signs SHA256SUMS, but this base has no base_sha256sums (it is verified by base_sha256 alone)",
+                ));
+            }
+            if sha256.is_none() && sha256sums.is_none() {
+                // A download nobody can verify is refused rather than trusted.
+                return Err(self.err(
+                    base.span(),
+                    "cluster.base",
+                    format!("URL '{url}' has nothing to verify it against (add base_sha256 = \"<64 hex digits>\" or base_sha256sums = \"<URL of SHA256SUMS>\")"),
+                ));
+            }
+            let r = RemoteBase {
+                url: url.to_string(),
+                sha256: sha256.clone(),
+                sha256sums,
+                release: release.map(str::to_string),
+                signing_key: signing_key.clone(),
+            };
+            if r.file_name().is_empty() {
+                return Err(self.err(
+                    base.span(),
+                    "cluster.base",
+                    format!("URL '{url}' does not end in a file name"),
+                ));
+            }
+            Ok(BaseSpec::Url(r))
+        };
+        match b {
+            "ubuntu-20.04.5" => remote(
+                UBUNTU_20_04_5_URL,
+                Some(UBUNTU_20_04_5_SUMS_URL),
+                Some("Ubuntu 20.04.5"),
+            ),
+            _ if is_http_url(b) => remote(b, None, None),
+            _ => {
+                // Checksums verify downloads; a local file is the user's own.
+                for (field, span) in [
+                    (
+                        "cluster.base_sha256",
+                        cluster.base_sha256.as_ref().map(|s| s.span()),
+                    ),
+                    (
+                        "cluster.base_sha256sums",
+                        cluster.base_sha256sums.as_ref().map(|s| s.span()),
+                    ),
+                ] {
+                    if let Some(span) = span {
+                        return Err(self.err(
+                            span,
+                            field,
+                            format!("only applies to a URL base, and base is the local file '{b}'"),
+                        ));
+                    }
+                }
+                Ok(BaseSpec::Path(self.dir.join(b)))
+            }
+        }
     }
 
     fn node(
@@ -863,6 +1001,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// An RFC 1123 label: 1-63 letters, digits and hyphens, not starting or ending with a hyphen.
+fn is_http_url(s: &str) -> bool {
+    (s.starts_with("https://") || s.starts_with("http://"))
+        && !s.contains(char::is_whitespace)
+        && s.split('/').nth(2).is_some_and(|host| !host.is_empty())
+}
+
 fn is_label(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')

@@ -271,10 +271,85 @@ fn cases() -> Vec<Case> {
             &["p.toml:", "unknown field `ignored`"],
         ),
         c(
-            "URL base without --base",
+            "URL base not cached, --offline",
             ("", ""),
             None,
-            &["p.toml", "download not available yet", "--base"],
+            &[
+                "ubuntu-20.04.5-preinstalled-server-arm64+raspi.img.xz",
+                "not in the cache",
+                "--offline",
+            ],
+        ),
+        c(
+            "URL base with nothing to verify it",
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"http://127.0.0.1:9/x.img.xz\"",
+            ),
+            None,
+            &[
+                "p.toml:4:8",
+                "cluster.base",
+                "nothing to verify",
+                "base_sha256",
+            ],
+        ),
+        c(
+            "base_sha256 not a sha256",
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"ubuntu-20.04.5\"\nbase_sha256 = \"abc\"",
+            ),
+            None,
+            &["p.toml:5:15", "cluster.base_sha256", "64 hex digits"],
+        ),
+        c(
+            "base_sha256sums not a URL",
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"ubuntu-20.04.5\"\nbase_sha256sums = \"SHA256SUMS\"",
+            ),
+            None,
+            &[
+                "p.toml:5:19",
+                "cluster.base_sha256sums",
+                "not an http(s) URL",
+            ],
+        ),
+        c(
+            "base_sha256 on a local file",
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"local.img\"\nbase_sha256sums = \"http://127.0.0.1:9/SHA256SUMS\"",
+            ),
+            None,
+            &[
+                "p.toml:5:19",
+                "cluster.base_sha256sums",
+                "only applies to a URL base",
+            ],
+        ),
+        c(
+            "base_signing_key not a file",
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"ubuntu-20.04.5\"\nbase_signing_key = \"nokey.asc\"",
+            ),
+            None,
+            &["p.toml:5:20", "cluster.base_signing_key", "not a file"],
+        ),
+        c(
+            "base_signing_key without SHA256SUMS",
+            (
+                "base = \"ubuntu-20.04.5\"",
+                "base = \"http://127.0.0.1:9/x.img\"\nbase_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nbase_signing_key = \"p.toml\"",
+            ),
+            None,
+            &[
+                "p.toml:6:20",
+                "cluster.base_signing_key",
+                "no base_sha256sums",
+            ],
         ),
         c("missing base image", ("", ""), Missing, &["nosuch.img"]),
         c(
@@ -444,8 +519,12 @@ fn broken_profiles_and_images_fail_clearly_and_write_nothing() {
             "--out",
             "out",
         ];
-        if let Some(b) = &base {
-            args.extend(["--base", b.as_str()]);
+        // Never the user's cache, and never the network: a case without --base may only look
+        // in an empty cache.
+        args.extend(["--cache-dir", "cache"]);
+        match &base {
+            Some(b) => args.extend(["--base", b.as_str()]),
+            None => args.push("--offline"),
         }
         let out = pi_image(tmp.path(), &args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -1,0 +1,394 @@
+//! The image cache: verified, decompressed base images under `$XDG_CACHE_HOME/pi-image` (or
+//! `--cache-dir`), keyed by the sha256 of the file that was downloaded.
+//!
+//! Layout of the cache directory:
+//!
+//! ```text
+//! lock                     held (flock) by every pi-image run that reads or changes the cache
+//! <sha256>.img             the raw image, sparse; only ever created by rename once verified
+//! <sha256>.toml            its metadata (source URL, sizes, both sha256s, release, times)
+//! partial/<sha256>.part    an interrupted download's compressed bytes, for an HTTP Range resume
+//! ```
+//!
+//! An entry counts only when both its image and its metadata exist: the image is renamed into
+//! place first, then the metadata, so a crash in between leaves an orphan that `list` ignores and
+//! `clean` removes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::PendingOutput;
+
+/// Errors reading or changing the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// I/O on a file or directory of the cache failed.
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error (not a `source`: the message already says it).
+        error: io::Error,
+    },
+    /// A metadata file is not what pi-image writes.
+    #[error("{}: unreadable cache metadata: {reason} (remove it, or run `pi-image cache clean`)", path.display())]
+    Metadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// No cache directory was given and neither `XDG_CACHE_HOME` nor `HOME` is set.
+    #[error("no cache directory: set XDG_CACHE_HOME or HOME, or pass --cache-dir")]
+    NoDefaultDir,
+    /// An image or partial download could not be moved into place.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |error| CacheError::Io {
+        path: path.to_owned(),
+        error,
+    }
+}
+
+/// What is known about one cached image; stored as `<sha256>.toml` beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Where it was downloaded from.
+    pub source_url: String,
+    /// The release, when known (`Ubuntu 20.04.5`).
+    pub release: Option<String>,
+    /// Compression of the downloaded file: `xz`, `gzip`, `zstd` or `raw`.
+    pub format: String,
+    /// sha256 of the downloaded (compressed) file: the cache key, verified.
+    pub compressed_sha256: String,
+    /// Size of the downloaded file in bytes.
+    pub compressed_size: u64,
+    /// sha256 of the raw image as stored.
+    pub raw_sha256: String,
+    /// Size of the raw image in bytes.
+    pub raw_size: u64,
+    /// What the sha256 was verified against: `pinned` or the `SHA256SUMS` URL.
+    pub verified_by: String,
+    /// When it was fetched (RFC 3339, UTC).
+    pub fetched_at: String,
+    /// When a build last used it (RFC 3339, UTC).
+    pub last_used: String,
+}
+
+/// One complete, verified cached image.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The raw image file.
+    pub image: PathBuf,
+    /// Its metadata.
+    pub meta: Metadata,
+}
+
+/// What `clean` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Files removed.
+    pub files: usize,
+    /// Bytes of disk space they used (allocated blocks: images are sparse).
+    pub bytes: u64,
+}
+
+/// An open cache directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+/// The cache's lock, held until dropped. Every run that reads or changes the cache takes it, so
+/// two runs never download into the same `.part` or rename over each other.
+#[derive(Debug)]
+pub struct CacheLock {
+    _file: File,
+}
+
+impl Cache {
+    /// `$XDG_CACHE_HOME/pi-image`, else `$HOME/.cache/pi-image` (the XDG default).
+    pub fn default_dir() -> Result<PathBuf, CacheError> {
+        let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        if let Some(x) = nonempty("XDG_CACHE_HOME") {
+            return Ok(PathBuf::from(x).join("pi-image"));
+        }
+        match nonempty("HOME") {
+            Some(h) => Ok(PathBuf::from(h).join(".cache").join("pi-image")),
+            None => Err(CacheError::NoDefaultDir),
+        }
+    }
+
+    /// Open (creating if needed) the cache at `dir`.
+    pub fn open(dir: &Path) -> Result<Cache, CacheError> {
+        fs::create_dir_all(dir.join("partial")).map_err(io_err(dir))?;
+        Ok(Cache {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Take the cache lock, waiting (and saying so on stderr) while another run holds it.
+    pub fn lock(&self) -> Result<CacheLock, CacheError> {
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                eprintln!(
+                    "pi-image: waiting for another pi-image run to release {}",
+                    path.display()
+                );
+                file.lock().map_err(io_err(&path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        Ok(CacheLock { _file: file })
+    }
+
+    /// Where the raw image keyed by `sha256` lives (whether or not it exists).
+    pub fn image_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.img"))
+    }
+
+    fn meta_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.toml"))
+    }
+
+    /// Where an interrupted download of the file with this sha256 keeps its bytes.
+    pub fn part_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("partial").join(format!("{sha256}.part"))
+    }
+
+    /// The complete entry keyed by `sha256`, if there is one.
+    pub fn get(&self, sha256: &str) -> Result<Option<Entry>, CacheError> {
+        let image = self.image_path(sha256);
+        let meta = self.meta_path(sha256);
+        if !image.is_file() || !meta.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(Entry {
+            image,
+            meta: read_meta(&meta)?,
+        }))
+    }
+
+    /// The most recently fetched complete entry downloaded from `url`, if any.
+    pub fn find_url(&self, url: &str) -> Result<Option<Entry>, CacheError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|e| e.meta.source_url == url)
+            .max_by(|a, b| a.meta.fetched_at.cmp(&b.meta.fetched_at)))
+    }
+
+    /// Every complete entry, sorted by fetch time.
+    pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
+        let mut out = Vec::new();
+        for dirent in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let dirent = dirent.map_err(io_err(&self.dir))?;
+            let name = dirent.file_name();
+            let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".toml")) else {
+                continue;
+            };
+            if is_sha256(sha)
+                && let Some(e) = self.get(sha)?
+            {
+                out.push(e);
+            }
+        }
+        out.sort_by(|a, b| a.meta.fetched_at.cmp(&b.meta.fetched_at));
+        Ok(out)
+    }
+
+    /// Move a verified image (written to a [`PendingOutput`] for [`Cache::image_path`]) into
+    /// place and write its metadata.
+    pub fn insert(&self, image: PendingOutput, meta: Metadata) -> Result<Entry, CacheError> {
+        let path = image.commit()?;
+        self.write_meta(&meta)?;
+        Ok(Entry { image: path, meta })
+    }
+
+    /// Record that a build used `entry` now.
+    pub fn touch(&self, entry: &mut Entry) -> Result<(), CacheError> {
+        entry.meta.last_used = now_rfc3339();
+        self.write_meta(&entry.meta)
+    }
+
+    fn write_meta(&self, meta: &Metadata) -> Result<(), CacheError> {
+        let path = self.meta_path(&meta.compressed_sha256);
+        let text = toml::to_string(meta).map_err(|e| CacheError::Metadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut out = PendingOutput::create(&path)?;
+        out.file()
+            .write_all(text.as_bytes())
+            .map_err(io_err(out.temp_path()))?;
+        out.commit()?;
+        Ok(())
+    }
+
+    /// Remove every image, metadata file, partial download and leftover temp file.
+    pub fn clean(&self) -> Result<Cleaned, CacheError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut cleaned = Cleaned::default();
+        for dir in [self.dir.clone(), self.dir.join("partial")] {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&dir)(e)),
+            };
+            for dirent in entries {
+                let dirent = dirent.map_err(io_err(&dir))?;
+                let path = dirent.path();
+                let name = dirent.file_name().to_string_lossy().into_owned();
+                // Only what pi-image itself writes here: never the lock (another run may be
+                // waiting on it) nor files someone else put in the directory.
+                let ours = name.ends_with(".img")
+                    || name.ends_with(".toml")
+                    || name.ends_with(".part")
+                    || (name.starts_with('.') && name.ends_with(".tmp"));
+                if !ours || !path.is_file() {
+                    continue;
+                }
+                let used = fs::metadata(&path).map(|m| m.blocks() * 512).unwrap_or(0);
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                cleaned.files += 1;
+                cleaned.bytes += used;
+            }
+        }
+        Ok(cleaned)
+    }
+}
+
+/// `cache list` output: one line per image with release, raw size, sha256 (the cache key),
+/// last use and source URL.
+pub fn list_table(entries: &[Entry]) -> String {
+    let mut out = format!(
+        "{:<16} {:>9}  {:<64}  {:<20}  {}\n",
+        "release", "raw MiB", "sha256", "last used", "source"
+    );
+    for e in entries {
+        let m = &e.meta;
+        out.push_str(&format!(
+            "{:<16} {:>9}  {:<64}  {:<20}  {}\n",
+            m.release.as_deref().unwrap_or("-"),
+            m.raw_size >> 20,
+            m.compressed_sha256,
+            m.last_used,
+            m.source_url
+        ));
+    }
+    out
+}
+
+fn read_meta(path: &Path) -> Result<Metadata, CacheError> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    toml::from_str(&text).map_err(|e| CacheError::Metadata {
+        path: path.to_owned(),
+        reason: e.message().trim().to_string(),
+    })
+}
+
+/// True for 64 lowercase hex digits.
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The current time as RFC 3339 in UTC, to the second.
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+/// Seconds since 1970 as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's days-to-civil algorithm).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_662_033_600), "2022-09-01T12:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    fn meta(sha: &str, url: &str, at: &str) -> Metadata {
+        Metadata {
+            source_url: url.into(),
+            release: None,
+            format: "xz".into(),
+            compressed_sha256: sha.into(),
+            compressed_size: 3,
+            raw_sha256: sha.into(),
+            raw_size: 5,
+            verified_by: "pinned".into(),
+            fetched_at: at.into(),
+            last_used: at.into(),
+        }
+    }
+
+    #[test]
+    fn insert_list_find_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let _lock = cache.lock().unwrap();
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        for (sha, at) in [(&a, "2026-01-01T00:00:00Z"), (&b, "2026-01-02T00:00:00Z")] {
+            let mut img = PendingOutput::create(&cache.image_path(sha)).unwrap();
+            img.file().write_all(b"image").unwrap();
+            cache.insert(img, meta(sha, "http://x/i.img", at)).unwrap();
+        }
+        // An orphan image without metadata is not an entry.
+        fs::write(cache.image_path(&"c".repeat(64)), b"x").unwrap();
+        assert_eq!(cache.list().unwrap().len(), 2);
+        let found = cache.find_url("http://x/i.img").unwrap().unwrap();
+        assert_eq!(found.meta.compressed_sha256, b);
+        assert!(cache.get(&"c".repeat(64)).unwrap().is_none());
+        let cleaned = cache.clean().unwrap();
+        assert_eq!(cleaned.files, 5);
+        assert!(cache.list().unwrap().is_empty());
+        assert!(dir.path().join("lock").exists());
+    }
+}

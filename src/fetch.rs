@@ -1,0 +1,894 @@
+//! Downloading a base image into the [`cache`](crate::cache), in one pass: the bytes that
+//! arrive are hashed (sha256 of the compressed file), appended to a `.part` file (so an
+//! interrupted download can resume with an HTTP Range request), decompressed and written sparse
+//! to a temp file beside their final name. Only when the whole file's sha256 matches the pinned
+//! one, or its line in `SHA256SUMS`, is the image renamed into the cache.
+//!
+//! On a resume the `.part` bytes are read back through the same hash and decoder first (a
+//! decoder's state cannot be saved), then the network continues where the file ends; a server
+//! that answers the Range request with 200 gets a clean restart. The final sha256 covers the
+//! whole file either way.
+
+use std::cell::RefCell;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::cache::{self, Cache, CacheError, CacheLock, Entry, Metadata};
+use crate::image::{self, Format, PendingOutput};
+use crate::profile::{BaseSpec, RemoteBase};
+use crate::signature;
+
+/// `SHA256SUMS` files are a few KiB; anything much larger is not one.
+const SUMS_MAX: u64 = 1 << 20;
+/// Read buffer between the network and the decoder.
+const NET_BUF: usize = 1 << 20;
+/// Plain progress lines (when stderr is not a terminal) at most this often.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Errors fetching a base image. Each names the URL or file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// DNS failure, connection refused, TLS failure, timeout before any answer.
+    #[error("{url}: cannot connect: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// What failed, with its causes.
+        reason: String,
+    },
+    /// The server answered with an error status.
+    #[error("{url}: HTTP {status}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The status line, e.g. `404 Not Found`.
+        status: String,
+    },
+    /// The connection broke off during the download (after any retries).
+    #[error(
+        "{url}: download interrupted after {received} bytes: {reason} (kept {}; run again to resume)",
+        part.display()
+    )]
+    Interrupted {
+        /// The URL.
+        url: String,
+        /// Bytes of the file received so far.
+        received: u64,
+        /// What failed.
+        reason: String,
+        /// The partial download kept for resuming.
+        part: PathBuf,
+    },
+    /// The downloaded file's sha256 is not the expected one; the download was deleted.
+    #[error(
+        "{url}: sha256 mismatch: got {actual}, expected {expected} (from {verified_by}); the download was deleted"
+    )]
+    Checksum {
+        /// The URL.
+        url: String,
+        /// sha256 of what was received.
+        actual: String,
+        /// sha256 it should have.
+        expected: String,
+        /// `pinned sha256 in the profile` or the `SHA256SUMS` URL.
+        verified_by: String,
+    },
+    /// The pinned sha256 and the `SHA256SUMS` line disagree.
+    #[error("{sums_url}: lists sha256 {listed} for {name}, but the profile pins {pinned}")]
+    PinMismatch {
+        /// The `SHA256SUMS` URL.
+        sums_url: String,
+        /// The file name.
+        name: String,
+        /// The sha256 in `SHA256SUMS`.
+        listed: String,
+        /// The pinned sha256.
+        pinned: String,
+    },
+    /// `SHA256SUMS` has no line for the file.
+    #[error("{sums_url}: no line for {name} (expected '<sha256> *{name}')")]
+    NotInSums {
+        /// The `SHA256SUMS` URL.
+        sums_url: String,
+        /// The file name looked up.
+        name: String,
+    },
+    /// `SHA256SUMS` is not a checksum file.
+    #[error("{sums_url}: not a SHA256SUMS file: {reason}")]
+    BadSums {
+        /// The `SHA256SUMS` URL.
+        sums_url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The download is not valid compressed data; it was deleted.
+    #[error("{url}: corrupt or truncated {format} data: {reason}; the download was deleted")]
+    Decompress {
+        /// The URL.
+        url: String,
+        /// `xz`, `gzip` or `zstd`.
+        format: &'static str,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// Offline, and the cache has no image for the base.
+    #[error(
+        "{url}: not in the cache ({}) and --offline forbids downloading it (run `pi-image fetch` first)",
+        cache.display()
+    )]
+    NotCached {
+        /// The URL.
+        url: String,
+        /// The cache directory.
+        cache: PathBuf,
+    },
+    /// I/O on a local file failed (disk full, permissions).
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error (not a `source`: the message already says it).
+        error: io::Error,
+    },
+    /// The `SHA256SUMS` signature is bad or cannot be checked.
+    #[error(transparent)]
+    Signature(#[from] signature::SignatureError),
+    /// The cache could not be read or changed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// How `SHA256SUMS` files are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignaturePolicy {
+    /// Check `SHA256SUMS.gpg` against this OpenPGP public key file (armored or binary), else
+    /// the profile's `base_signing_key`; with neither such a fetch fails, since pi-image ships
+    /// no key (see [`crate::signature`]).
+    Verify(Option<PathBuf>),
+    /// Don't check it (`--insecure-skip-signature`).
+    Skip,
+}
+
+/// How to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Never touch the network: use the cache or fail.
+    pub offline: bool,
+    /// How many times an interrupted download or a 5xx answer is retried within this run.
+    pub retries: u32,
+    /// How `SHA256SUMS` is authenticated.
+    pub signature: SignaturePolicy,
+    /// Show progress on stderr (a bar on a terminal, plain lines otherwise).
+    pub progress: bool,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            offline: false,
+            retries: 3,
+            signature: SignaturePolicy::Verify(None),
+            progress: true,
+        }
+    }
+}
+
+/// What [`fetch`] did. Holds the cache lock until dropped, so that a build reading the image
+/// cannot have it removed under it by `pi-image cache clean`.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The cached image.
+    pub entry: Entry,
+    /// False when it was already in the cache.
+    pub downloaded: bool,
+    _lock: CacheLock,
+}
+
+/// Make sure the cache holds the verified image for `remote`, downloading it if needed (unless
+/// `opts.offline`). Holds the cache lock throughout.
+pub fn fetch(
+    cache: &Cache,
+    remote: &RemoteBase,
+    opts: &FetchOptions,
+) -> Result<Fetched, FetchError> {
+    let lock = cache.lock()?;
+    if let Some(entry) = cached(cache, remote)? {
+        return Ok(Fetched {
+            entry,
+            downloaded: false,
+            _lock: lock,
+        });
+    }
+    if opts.offline {
+        return Err(FetchError::NotCached {
+            url: remote.url.clone(),
+            cache: cache.dir().to_owned(),
+        });
+    }
+    let client = client(&remote.url)?;
+    let (expected, verified_by) = expected_sha256(&client, remote, opts)?;
+    // The same file may already be cached from another URL (a mirror).
+    if let Some(entry) = cache.get(&expected)? {
+        return Ok(Fetched {
+            entry,
+            downloaded: false,
+            _lock: lock,
+        });
+    }
+    let mut attempt = 0;
+    let done = loop {
+        match download(&client, cache, remote, &expected, &verified_by, opts) {
+            Ok(done) => break done,
+            Err(Attempt::Retry(e)) if attempt < opts.retries => {
+                attempt += 1;
+                eprintln!("pi-image: {e}; retrying ({attempt} of {})", opts.retries);
+                std::thread::sleep(Duration::from_millis(500 * u64::from(attempt)));
+            }
+            Err(Attempt::Retry(e) | Attempt::Fatal(e)) => return Err(e),
+        }
+    };
+    let (raw, stats) = done;
+    let now = cache::now_rfc3339();
+    let release = remote
+        .release
+        .clone()
+        .or_else(|| detect_release(raw.temp_path()));
+    let meta = Metadata {
+        source_url: remote.url.clone(),
+        release,
+        format: stats.format.name().to_string(),
+        compressed_sha256: expected.clone(),
+        compressed_size: stats.compressed_size,
+        raw_sha256: stats.raw_sha256,
+        raw_size: stats.raw_size,
+        verified_by,
+        fetched_at: now.clone(),
+        last_used: now,
+    };
+    let entry = cache.insert(raw, meta)?;
+    let part = cache.part_path(&expected);
+    fs::remove_file(&part)
+        .or_else(ignore_missing)
+        .map_err(io_err(&part))?;
+    Ok(Fetched {
+        entry,
+        downloaded: true,
+        _lock: lock,
+    })
+}
+
+/// The raw base image a build should read: a local path as it is, or for a URL the cached image,
+/// fetched first if the cache lacks it (never with `opts.offline`). The returned [`Fetched`], if
+/// any, holds the cache lock: keep it until the build is done.
+pub fn base_for_build(
+    base: &BaseSpec,
+    cache_dir: Option<&Path>,
+    opts: &FetchOptions,
+) -> Result<(PathBuf, Option<Fetched>), FetchError> {
+    match base {
+        BaseSpec::Path(p) => Ok((p.clone(), None)),
+        BaseSpec::Url(remote) => {
+            let cache = open_cache(cache_dir)?;
+            let mut fetched = fetch(&cache, remote, opts)?;
+            cache.touch(&mut fetched.entry)?;
+            Ok((fetched.entry.image.clone(), Some(fetched)))
+        }
+    }
+}
+
+/// The cache at `dir`, or at the default place ([`Cache::default_dir`]).
+pub fn open_cache(dir: Option<&Path>) -> Result<Cache, CacheError> {
+    match dir {
+        Some(d) => Cache::open(d),
+        None => Cache::open(&Cache::default_dir()?),
+    }
+}
+
+/// The release in a raw image's root filesystem (`PRETTY_NAME` of `/etc/os-release`), for
+/// `cache list`. `None` when it cannot be read: the build checks the image properly and says why.
+fn detect_release(raw: &Path) -> Option<String> {
+    let table = crate::partition::PartitionTable::read(raw).ok()?;
+    let root = table.root(raw).ok()?;
+    let fs = crate::ext4::Ext4Fs::open(raw, root.start, root.len, false).ok()?;
+    let os = crate::ext4::os_release(&fs).ok()?;
+    Some(
+        os.pretty_name
+            .unwrap_or_else(|| format!("{} {}", os.id, os.version_id)),
+    )
+}
+
+/// The cached entry for `remote`, without touching the network: by the pinned sha256, else by
+/// the URL it was fetched from (a published `SHA256SUMS` does not change).
+pub fn cached(cache: &Cache, remote: &RemoteBase) -> Result<Option<Entry>, CacheError> {
+    match &remote.sha256 {
+        Some(sha) => cache.get(sha),
+        None => cache.find_url(&remote.url),
+    }
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+    move |error| FetchError::Io {
+        path: path.to_owned(),
+        error,
+    }
+}
+
+fn client(url: &str) -> Result<reqwest::blocking::Client, FetchError> {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        // The blocking client applies this to the answer's headers and to each read of the
+        // body, not to the whole download (a 3.5 GB image takes a while): a stall is an error.
+        .timeout(Duration::from_secs(60))
+        .user_agent(concat!("pi-image/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| FetchError::Connect {
+            url: url.to_string(),
+            reason: chain(&e),
+        })
+}
+
+/// An error and its causes on one line, without repeating a cause that its parent already says.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// GET a URL, mapping connection failures and error statuses.
+fn get(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    range_from: u64,
+) -> Result<reqwest::blocking::Response, Attempt> {
+    let mut req = client.get(url);
+    if range_from > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={range_from}-"));
+    }
+    let resp = req.send().map_err(|e| {
+        let err = FetchError::Connect {
+            url: url.to_string(),
+            reason: chain(&e),
+        };
+        // A refused connection or an unknown host won't fix itself in a second; a timeout might.
+        if e.is_timeout() {
+            Attempt::Retry(err)
+        } else {
+            Attempt::Fatal(err)
+        }
+    })?;
+    let status = resp.status();
+    if status.is_success() || status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+        return Ok(resp);
+    }
+    let err = FetchError::Http {
+        url: url.to_string(),
+        status: status.to_string(),
+    };
+    if status.is_server_error() {
+        Err(Attempt::Retry(err))
+    } else {
+        Err(Attempt::Fatal(err))
+    }
+}
+
+/// The sha256 the download must have, and where it came from.
+fn expected_sha256(
+    client: &reqwest::blocking::Client,
+    remote: &RemoteBase,
+    opts: &FetchOptions,
+) -> Result<(String, String), FetchError> {
+    let Some(sums_url) = &remote.sha256sums else {
+        return match &remote.sha256 {
+            Some(pinned) => Ok((pinned.clone(), "pinned sha256 in the profile".into())),
+            // The profile refuses a URL with neither; say so if a caller builds one by hand.
+            None => Err(FetchError::BadSums {
+                sums_url: remote.url.clone(),
+                reason: "no sha256 and no SHA256SUMS URL to verify the download against".into(),
+            }),
+        };
+    };
+    let sums = get_small(client, sums_url)?;
+    if remote.sha256.is_none() {
+        // The sha256 comes from SHA256SUMS alone, so SHA256SUMS must be authentic.
+        match &opts.signature {
+            SignaturePolicy::Skip => eprintln!(
+                "pi-image: WARNING: --insecure-skip-signature: NOT checking the OpenPGP signature of {sums_url}; \
+                 the image is verified only against a checksum file that anyone on the network path could have replaced"
+            ),
+            SignaturePolicy::Verify(key) => {
+                let sig_url = format!("{sums_url}.gpg");
+                // --signing-key wins over the profile's base_signing_key. The key is loaded
+                // first: a missing or broken key is reported before anything is downloaded.
+                let key = key.as_deref().or(remote.signing_key.as_deref());
+                let key = signature::load_trusted_key(key, &sig_url)?;
+                let sig = get_small(client, &sig_url)?;
+                signature::verify_detached(&key, &sums, &sig, &sig_url)?;
+            }
+        }
+    }
+    let name = percent_decode(remote.file_name());
+    let listed = find_in_sums(&sums, &name).map_err(|reason| FetchError::BadSums {
+        sums_url: sums_url.clone(),
+        reason,
+    })?;
+    let Some(listed) = listed else {
+        return Err(FetchError::NotInSums {
+            sums_url: sums_url.clone(),
+            name,
+        });
+    };
+    if let Some(pinned) = &remote.sha256
+        && *pinned != listed
+    {
+        return Err(FetchError::PinMismatch {
+            sums_url: sums_url.clone(),
+            name,
+            listed,
+            pinned: pinned.clone(),
+        });
+    }
+    Ok((listed, sums_url.clone()))
+}
+
+/// GET a small file (SHA256SUMS, its signature) into memory, refusing anything over 1 MiB.
+fn get_small(client: &reqwest::blocking::Client, url: &str) -> Result<Vec<u8>, FetchError> {
+    let resp = get(client, url, 0).map_err(Attempt::into_inner)?;
+    let mut body = Vec::new();
+    resp.take(SUMS_MAX + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| FetchError::Connect {
+            url: url.to_string(),
+            reason: chain(&e),
+        })?;
+    if body.len() as u64 > SUMS_MAX {
+        return Err(FetchError::BadSums {
+            sums_url: url.to_string(),
+            reason: "larger than 1 MiB".into(),
+        });
+    }
+    Ok(body)
+}
+
+/// The sha256 listed for `name` in a `SHA256SUMS` file (`<hex> *<name>` or `<hex>  <name>`).
+pub fn find_in_sums(sums: &[u8], name: &str) -> Result<Option<String>, String> {
+    let text = std::str::from_utf8(sums).map_err(|_| "not UTF-8 text".to_string())?;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((hex, rest)) = line.split_once(' ') else {
+            return Err(format!("line {}: expected '<sha256> *<name>'", i + 1));
+        };
+        let hex = hex.to_ascii_lowercase();
+        if !cache::is_sha256(&hex) {
+            return Err(format!("line {}: '{hex}' is not a sha256", i + 1));
+        }
+        // ' *name' (binary mode, Ubuntu's format) or '  name' (text mode).
+        let file = rest
+            .strip_prefix('*')
+            .or_else(|| rest.strip_prefix(' '))
+            .unwrap_or(rest);
+        if file == name {
+            return Ok(Some(hex));
+        }
+    }
+    Ok(None)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One download attempt's failure: worth retrying (a cut, a 5xx) or not.
+enum Attempt {
+    Retry(FetchError),
+    Fatal(FetchError),
+}
+
+impl Attempt {
+    fn into_inner(self) -> FetchError {
+        match self {
+            Attempt::Retry(e) | Attempt::Fatal(e) => e,
+        }
+    }
+}
+
+struct Stats {
+    format: Format,
+    compressed_size: u64,
+    raw_sha256: String,
+    raw_size: u64,
+}
+
+/// What the reading side saw, shared between the reader chain (owned by the decoder) and
+/// [`download`], which needs to know after a failure whose fault it was.
+struct Shared {
+    hasher: Sha256,
+    received: u64,
+    net_error: Option<String>,
+    part_error: Option<io::Error>,
+    decode_error: Option<String>,
+    raw_hasher: Sha256,
+    progress: Progress,
+}
+
+/// The compressed bytes: first the `.part` file's (a resume), then the network's, which are
+/// also appended to the `.part` file. Everything read is hashed.
+struct Tee {
+    replay: Option<BufReader<File>>,
+    body: Box<dyn Read>,
+    part: File,
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(replay) = &mut self.replay {
+            let n = replay.read(buf)?;
+            if n > 0 {
+                let mut s = self.shared.borrow_mut();
+                s.hasher.update(&buf[..n]);
+                s.received += n as u64;
+                let received = s.received;
+                s.progress.set(received);
+                return Ok(n);
+            }
+            self.replay = None;
+        }
+        let n = match self.body.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.shared.borrow_mut().net_error = Some(chain(&e));
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.part.write_all(&buf[..n]) {
+            let kind = e.kind();
+            self.shared.borrow_mut().part_error = Some(e);
+            return Err(io::Error::new(kind, "writing the .part file failed"));
+        }
+        let mut s = self.shared.borrow_mut();
+        s.hasher.update(&buf[..n]);
+        s.received += n as u64;
+        let received = s.received;
+        s.progress.set(received);
+        Ok(n)
+    }
+}
+
+/// The decoded image bytes: hashed, and errors from the decoder side noted.
+struct Decoded {
+    inner: Box<dyn Read>,
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl Read for Decoded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.shared.borrow_mut().raw_hasher.update(&buf[..n]);
+                Ok(n)
+            }
+            Err(e) => {
+                self.shared.borrow_mut().decode_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One attempt: resume or start the `.part` file, stream it through hash and decoder into a
+/// temp image, verify. On success the temp image is ready to be renamed into the cache.
+fn download(
+    client: &reqwest::blocking::Client,
+    cache: &Cache,
+    remote: &RemoteBase,
+    expected: &str,
+    verified_by: &str,
+    opts: &FetchOptions,
+) -> Result<(PendingOutput, Stats), Attempt> {
+    let url = remote.url.as_str();
+    let part_path = cache.part_path(expected);
+    let fatal_io = |p: &Path, e: io::Error| {
+        Attempt::Fatal(FetchError::Io {
+            path: p.to_owned(),
+            error: e,
+        })
+    };
+    let mut part_len = match fs::metadata(&part_path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(fatal_io(&part_path, e)),
+    };
+    let resp = get(client, url, part_len)?;
+    let status = resp.status();
+    let mut total = resp.content_length();
+    if part_len > 0 {
+        let resumes_here = status == reqwest::StatusCode::PARTIAL_CONTENT
+            && content_range_start(&resp) == Some(part_len);
+        if resumes_here {
+            total = total.map(|t| t + part_len);
+        } else {
+            if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+                // The .part is as long as the file or longer: start again.
+                fs::remove_file(&part_path).map_err(|e| fatal_io(&part_path, e))?;
+                return Err(Attempt::Retry(FetchError::Http {
+                    url: url.to_string(),
+                    status: format!("{status} for a resume from byte {part_len}; restarting"),
+                }));
+            }
+            if opts.progress {
+                eprintln!(
+                    "pi-image: {url}: server answered the resume from byte {part_len} with {status}; restarting from the beginning"
+                );
+            }
+            part_len = 0;
+        }
+    } else if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE
+        || status == reqwest::StatusCode::PARTIAL_CONTENT
+    {
+        return Err(Attempt::Fatal(FetchError::Http {
+            url: url.to_string(),
+            status: format!("{status} to a request without Range"),
+        }));
+    }
+    let part = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part_path)
+        .map_err(|e| fatal_io(&part_path, e))?;
+    // A restart (or a .part longer than what we resume from) drops the old bytes.
+    part.set_len(part_len)
+        .map_err(|e| fatal_io(&part_path, e))?;
+    let replay = if part_len > 0 {
+        let f = File::open(&part_path).map_err(|e| fatal_io(&part_path, e))?;
+        Some(BufReader::with_capacity(NET_BUF, f))
+    } else {
+        None
+    };
+    let shared = Rc::new(RefCell::new(Shared {
+        hasher: Sha256::new(),
+        received: 0,
+        net_error: None,
+        part_error: None,
+        decode_error: None,
+        raw_hasher: Sha256::new(),
+        progress: Progress::new(remote.file_name(), total, opts.progress),
+    }));
+    let mut tee = Tee {
+        replay,
+        body: Box::new(resp),
+        part,
+        shared: Rc::clone(&shared),
+    };
+    let mut head = Vec::with_capacity(6);
+    let cut = |shared: &Rc<RefCell<Shared>>, reason: String| {
+        let received = shared.borrow().received;
+        Attempt::Retry(FetchError::Interrupted {
+            url: url.to_string(),
+            received,
+            reason,
+            part: part_path.clone(),
+        })
+    };
+    if let Err(e) = (&mut tee).take(6).read_to_end(&mut head) {
+        let s = shared.borrow_mut().part_error.take();
+        return Err(match s {
+            Some(pe) => fatal_io(&part_path, pe),
+            None => cut(&shared, chain(&e)),
+        });
+    }
+    let format = Format::sniff(&head);
+    let input = BufReader::with_capacity(NET_BUF, io::Cursor::new(head).chain(tee));
+    let mut decoded = Decoded {
+        inner: image::decoder(format, input),
+        shared: Rc::clone(&shared),
+    };
+    let mut raw = PendingOutput::create(&cache.image_path(expected))
+        .map_err(|e| Attempt::Fatal(FetchError::Cache(e.into())))?;
+    let copied = image::copy_sparse(&mut decoded, raw.file());
+    let raw_temp = raw.temp_path().to_owned();
+    drop(decoded);
+    let mut s = shared.borrow_mut();
+    s.progress.finish(copied.is_ok());
+    let actual = hex(&std::mem::take(&mut s.hasher).finalize());
+    let delete_part = || fs::remove_file(&part_path).or_else(ignore_missing);
+    let raw_size = match copied {
+        Ok(n) => n,
+        Err(e) => {
+            if let Some(reason) = s.net_error.take() {
+                drop(s);
+                return Err(cut(&shared, reason));
+            }
+            if let Some(pe) = s.part_error.take() {
+                return Err(fatal_io(&part_path, pe));
+            }
+            if let Some(reason) = s.decode_error.take() {
+                // The network delivered a whole file that does not decode: the bytes are bad,
+                // so keeping them for a resume would only repeat the failure.
+                delete_part().map_err(|e| fatal_io(&part_path, e))?;
+                return Err(Attempt::Fatal(FetchError::Decompress {
+                    url: url.to_string(),
+                    format: format.name(),
+                    reason,
+                }));
+            }
+            return Err(fatal_io(&raw_temp, e));
+        }
+    };
+    if actual != expected {
+        delete_part().map_err(|e| fatal_io(&part_path, e))?;
+        return Err(Attempt::Fatal(FetchError::Checksum {
+            url: url.to_string(),
+            actual,
+            expected: expected.to_string(),
+            verified_by: verified_by.to_string(),
+        }));
+    }
+    let stats = Stats {
+        format,
+        compressed_size: s.received,
+        raw_sha256: hex(&std::mem::take(&mut s.raw_hasher).finalize()),
+        raw_size,
+    };
+    Ok((raw, stats))
+}
+
+/// The first byte of a `Content-Range: bytes <start>-<end>/<total>` header.
+fn content_range_start(resp: &reqwest::blocking::Response) -> Option<u64> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    v.strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Download progress on stderr: an indicatif bar on a terminal, a plain line every few seconds
+/// otherwise (CI logs would fill with bar redraws).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    name: String,
+    total: Option<u64>,
+    start: Instant,
+    last_line: Instant,
+    pos: u64,
+}
+
+impl Progress {
+    fn new(name: &str, total: Option<u64>, show: bool) -> Progress {
+        let tty = show && io::stderr().is_terminal();
+        let bar = tty.then(|| {
+            let bar = match total {
+                Some(t) => indicatif::ProgressBar::new(t),
+                None => indicatif::ProgressBar::no_length(),
+            };
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_message(name.to_string());
+            bar
+        });
+        let now = Instant::now();
+        Progress {
+            bar,
+            plain: show && !tty,
+            name: name.to_string(),
+            total,
+            start: now,
+            last_line: now,
+            pos: 0,
+        }
+    }
+
+    fn set(&mut self, pos: u64) {
+        self.pos = pos;
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+        } else if self.plain && self.last_line.elapsed() >= PLAIN_PROGRESS_EVERY {
+            self.last_line = Instant::now();
+            eprintln!("pi-image: fetching {}: {}", self.name, self.line());
+        }
+    }
+
+    fn line(&self) -> String {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = mib(self.pos) / secs;
+        match self.total {
+            Some(t) if t > 0 => format!(
+                "{:.1} of {:.1} MiB ({:.0}%), {rate:.1} MiB/s",
+                mib(self.pos),
+                mib(t),
+                self.pos as f64 * 100.0 / t as f64
+            ),
+            _ => format!("{:.1} MiB, {rate:.1} MiB/s", mib(self.pos)),
+        }
+    }
+
+    /// Clear the bar; in plain mode say how it went when the whole file arrived.
+    fn finish(&mut self, complete: bool) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        } else if self.plain && complete {
+            eprintln!("pi-image: received {}: {}", self.name, self.line());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_lines_binary_and_text_mode() {
+        let a = "a".repeat(64);
+        let b = "B".repeat(64);
+        let sums = format!("{a} *one.img.xz\n{b}  two.img.xz\n");
+        assert_eq!(
+            find_in_sums(sums.as_bytes(), "one.img.xz").unwrap(),
+            Some(a)
+        );
+        assert_eq!(
+            find_in_sums(sums.as_bytes(), "two.img.xz").unwrap(),
+            Some("b".repeat(64))
+        );
+        assert_eq!(find_in_sums(sums.as_bytes(), "one.img").unwrap(), None);
+        assert!(find_in_sums(b"<html>not found</html>\n", "x").is_err());
+    }
+
+    #[test]
+    fn percent_decoding_of_file_names() {
+        assert_eq!(percent_decode("a%2Bb+c.img"), "a+b+c.img");
+        assert_eq!(percent_decode("trailing%2"), "trailing%2");
+    }
+}
