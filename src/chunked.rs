@@ -196,6 +196,11 @@ impl ChunkStore {
         Ok(ChunkStore { dir, compression })
     }
 
+    /// The compression of every chunk in this store.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
     /// Where every store lives under a cache directory (for `cache clean`).
     pub fn root(cache_dir: &Path) -> PathBuf {
         cache_dir.join("chunks")

@@ -16,6 +16,7 @@ pub mod chunked;
 pub mod cloudinit;
 pub mod cmdline;
 pub mod configtxt;
+pub mod dist;
 pub mod eeprom;
 pub mod eepromcard;
 pub mod error;

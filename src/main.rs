@@ -7,6 +7,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use pi_image::build::{self, BuildOptions};
+use pi_image::chunked::{ChunkStore, Codec, Compression};
+use pi_image::dist::{self, Shard};
 use pi_image::eeprom::BootOrder;
 use pi_image::eepromcard::{self, EepromSpec};
 use pi_image::fetch::{self, FetchOptions, SignaturePolicy};
@@ -69,7 +71,8 @@ enum CacheCommand {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build one image per node: `<out>/<node>.img`.
+    /// Build one image per node: `<out>/<node>.img`, or with --compress `<out>/<node>.img.xz`
+    /// (.zst, .gz) plus SHA256SUMS and os_list.json.
     Build {
         /// The node to build (repeatable).
         #[arg(long, required_unless_present = "all")]
@@ -77,6 +80,18 @@ enum Command {
         /// Build every node of the profile.
         #[arg(long, conflicts_with = "node")]
         all: bool,
+        /// With --all: build only nodes K, K+N, K+2N, ... of the profile (1-based), e.g. 2/4.
+        #[arg(long, value_name = "K/N", requires = "all")]
+        shard: Option<Shard>,
+        /// Write compressed release artifacts (xz, zstd or gz) instead of raw images.
+        #[arg(long, value_name = "FORMAT")]
+        compress: Option<Codec>,
+        /// Compression level [default: xz 6, zstd 19, gz 6].
+        #[arg(long, requires = "compress")]
+        level: Option<u32>,
+        /// Threads for compressing [default: the number of CPUs]; the output does not depend on it.
+        #[arg(long, value_name = "N", requires = "compress", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
         /// The base image (.img or .img.xz); overrides the profile's `base`.
         #[arg(long)]
         base: Option<PathBuf>,
@@ -141,13 +156,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build {
             node,
             all,
+            shard,
+            compress,
+            level,
+            jobs,
             base,
             out,
             fetch,
         } => {
             let profile = load_profile(&cli.profile)?;
             let nodes = if all {
-                profile.nodes.iter().collect::<Vec<_>>()
+                let every = profile.nodes.iter().collect::<Vec<_>>();
+                match shard {
+                    Some(s) => s.select(&every),
+                    None => every,
+                }
             } else {
                 node.iter()
                     .map(|name| {
@@ -170,6 +193,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(b) => BaseSpec::Path(b),
                 None => profile.base.clone(),
             };
+            let compression = compress
+                .map(|c| Compression::new(c, level).map_err(|e| anyhow::anyhow!("--level: {e}")))
+                .transpose()?;
             // `_fetched` holds the cache lock until the build has read the base.
             let (base, _fetched) =
                 fetch::base_for_build(&base_spec, cli.cache_dir.as_deref(), &fetch.options())?;
@@ -179,6 +205,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out_dir: out,
                 epoch,
             };
+            if let Some(compression) = compression {
+                let cache = fetch::open_cache(cli.cache_dir.as_deref())?;
+                // The chunk store is part of the cache: hold its lock (`_fetched` may already).
+                let _lock = match _fetched {
+                    Some(_) => None,
+                    None => Some(cache.lock()?),
+                };
+                let store = ChunkStore::open(cache.dir(), compression)?;
+                let jobs = match jobs {
+                    Some(j) => j as usize,
+                    None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                };
+                dist::build_artifacts(&profile, &nodes, &opts, &store, jobs, &mut |a| {
+                    let c = &a.compressed;
+                    println!(
+                        "{:<8} {}  {:>8.1} MiB (raw {} MiB)  sha256 {}  chunks {}: {} compressed, {} from cache",
+                        a.node,
+                        c.path.display(),
+                        c.size as f64 / 1048576.0,
+                        c.raw_size >> 20,
+                        c.sha256,
+                        c.chunks,
+                        c.compressed,
+                        c.reused
+                    );
+                })?;
+                println!(
+                    "{}, {} updated",
+                    opts.out_dir.join(dist::SHA256SUMS).display(),
+                    opts.out_dir.join(dist::OS_LIST).display()
+                );
+                return Ok(());
+            }
             for img in build::build_nodes(&profile, &nodes, &opts)? {
                 println!(
                     "{:<8} {}  {:>6} MiB  sha256 {}  target {}  {}",
