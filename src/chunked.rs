@@ -133,7 +133,7 @@ impl Compression {
         let range = codec.levels();
         if !range.contains(&level) {
             return Err(format!(
-                "{level} is not a {} level (expected {} to {})",
+                "{level} is not a valid {} level (expected {} to {})",
                 codec.name(),
                 range.start(),
                 range.end()

@@ -81,7 +81,7 @@ enum Command {
         #[arg(long, conflicts_with = "node")]
         all: bool,
         /// With --all: build only nodes K, K+N, K+2N, ... of the profile (1-based), e.g. 2/4.
-        #[arg(long, value_name = "K/N", requires = "all")]
+        #[arg(long, value_name = "K/N", conflicts_with = "node")]
         shard: Option<Shard>,
         /// Write compressed release artifacts (xz, zstd or gz) instead of raw images.
         #[arg(long, value_name = "FORMAT")]
