@@ -9,6 +9,7 @@
 //! A base image named by URL is downloaded, verified ([`signature`]) and decompressed by [`fetch`]
 //! into the [`cache`].
 
+pub mod blockmap;
 pub mod bootfs;
 pub mod build;
 pub mod cache;

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+use pi_image::blockmap::BlockMap;
 use pi_image::build::{self, BuildOptions};
 use pi_image::eeprom::BootOrder;
 use pi_image::eepromcard::{self, EepromSpec};
 use pi_image::fetch::{self, FetchOptions, SignaturePolicy};
+use pi_image::image::PendingOutput;
 use pi_image::profile::{BaseSpec, Profile};
 use pi_image::{cache, inspect, profile};
 
@@ -106,6 +108,14 @@ enum Command {
     },
     /// List the nodes a profile defines.
     Nodes,
+    /// Write a block map (bmaptool's .bmap format) of a raw image: the blocks a copy needs.
+    Bmap {
+        /// The raw image.
+        image: PathBuf,
+        /// The .bmap file to write [default: IMAGE.bmap].
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
     /// Write a small SD card image that updates a Pi 4's bootloader EEPROM (boot order, settings).
     Eeprom {
         /// BOOT_ORDER, read right to left: 0xf14 = USB, then SD, then restart.
@@ -270,6 +280,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 files.boot_order,
                 files.boot_order.describe(),
                 card.upd_sha256
+            );
+            Ok(())
+        }
+        Command::Bmap { image, out } => {
+            let out = out.unwrap_or_else(|| {
+                let mut name = image.clone().into_os_string();
+                name.push(".bmap");
+                PathBuf::from(name)
+            });
+            let map = BlockMap::of_image(&image)?;
+            let mut pending = PendingOutput::create(&out)?;
+            map.write_bmap(&image, pending.file())
+                .with_context(|| format!("writing {}", out.display()))?;
+            pending.commit()?;
+            println!(
+                "{}  {} of {} MiB mapped ({} ranges)",
+                out.display(),
+                map.mapped_bytes() >> 20,
+                map.image_size >> 20,
+                map.ranges.len()
             );
             Ok(())
         }
