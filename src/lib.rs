@@ -28,6 +28,7 @@ pub mod partition;
 pub mod partview;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod release;
 pub mod signature;
 pub mod sshkey;
