@@ -9,6 +9,7 @@
 //! A base image named by URL is downloaded, verified ([`signature`]) and decompressed by [`fetch`]
 //! into the [`cache`].
 
+pub mod blockmap;
 pub mod bootfs;
 pub mod build;
 pub mod cache;
@@ -16,12 +17,14 @@ pub mod chunked;
 pub mod cloudinit;
 pub mod cmdline;
 pub mod configtxt;
+pub mod devices;
 pub mod dist;
 pub mod eeprom;
 pub mod eepromcard;
 pub mod error;
 pub mod ext4;
 pub mod fetch;
+pub mod flash;
 pub mod image;
 pub mod inspect;
 pub mod overlay;
@@ -29,6 +32,7 @@ pub mod partition;
 pub mod partview;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod release;
 pub mod signature;
 pub mod sshkey;
