@@ -1,6 +1,7 @@
-//! Release artifacts: `pi-image build --compress` writes, per node, `<node>.img.<ext>` into the
-//! output directory, plus for the set `SHA256SUMS` (Ubuntu's format, `<sha256> *<file>`) and
-//! `os_list.json` (a Raspberry Pi Imager custom repository). `--shard K/N` builds every N-th node.
+//! Release artifacts: `pi-image build --compress` writes, per node, `<node>.img.<ext>` and its
+//! block map `<node>.img.bmap` (bmaptool's format) into the output directory, plus for the set
+//! `SHA256SUMS` (Ubuntu's format, `<sha256> *<file>`, covering both) and `os_list.json` (a
+//! Raspberry Pi Imager custom repository). `--shard K/N` builds every N-th node.
 //!
 //! Each node's raw image is built in a temp file beside its final name, compressed through the
 //! [`chunked`](crate::chunked) chunk store and removed: the raw images do not stay in the output
@@ -15,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::Result;
+use crate::blockmap::BlockMap;
 use crate::build::{self, BuildOptions};
 use crate::chunked::{self, ChunkStore, Compressed};
 use crate::image::PendingOutput;
@@ -104,6 +107,10 @@ pub struct Artifact {
     pub node: String,
     /// The compressed file and its sizes and hashes.
     pub compressed: Compressed,
+    /// The block map, `<node>.img.bmap`.
+    pub bmap: PathBuf,
+    /// Its sha256, hex.
+    pub bmap_sha256: String,
     /// The boot target.
     pub target: Target,
     /// The release of the base.
@@ -152,10 +159,15 @@ pub fn build_artifacts(
     build::build_nodes_with(profile, nodes, opts, &mut |img| {
         let out = opts.out_dir.join(format!("{}.img.{ext}", img.node));
         // Dropping `img` afterwards removes the raw temp image.
-        let compressed = chunked::compress_image(img.output.temp_path(), &out, store, jobs)?;
+        let raw = img.output.temp_path();
+        let compressed = chunked::compress_image(raw, &out, store, jobs)?;
+        let bmap = opts.out_dir.join(format!("{}.img.bmap", img.node));
+        let bmap_sha256 = write_bmap(raw, &bmap)?;
         let artifact = Artifact {
             node: img.node,
             compressed,
+            bmap,
+            bmap_sha256,
             target: img.target,
             release: img.release,
         };
@@ -167,8 +179,22 @@ pub fn build_artifacts(
         .iter()
         .map(|a| os_entry(profile, a, opts.epoch))
         .collect::<Vec<_>>();
-    write_index(&opts.out_dir, &entries)?;
+    let bmaps = artifacts
+        .iter()
+        .map(|a| (file_name(&a.bmap), a.bmap_sha256.clone()))
+        .collect::<Vec<_>>();
+    write_index(&opts.out_dir, &entries, &bmaps)?;
     Ok(artifacts)
+}
+
+/// Write the block map of the raw image `raw` to `out`; returns its sha256.
+fn write_bmap(raw: &Path, out: &Path) -> Result<String> {
+    let map = BlockMap::of_image(raw)?;
+    // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
+    let mut text = Vec::new();
+    map.write_bmap(raw, &mut text)?;
+    write_atomic(out, &text)?;
+    Ok(crate::fetch::hex(&sha2::Sha256::digest(&text)))
 }
 
 /// The `os_list.json` entry for `a`.
@@ -212,9 +238,14 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Rewrite `<dir>/SHA256SUMS` and `<dir>/os_list.json` with `entries`, keeping the existing
-/// entries for other files that are still in `dir`. Both are sorted by file name.
-pub fn write_index(dir: &Path, entries: &[OsEntry]) -> Result<(), DistError> {
+/// Rewrite `<dir>/SHA256SUMS` and `<dir>/os_list.json` with `entries` (and, in SHA256SUMS only,
+/// the (file, sha256) pairs of `other_files`), keeping the existing entries for other files that
+/// are still in `dir`. Both are sorted by file name.
+pub fn write_index(
+    dir: &Path,
+    entries: &[OsEntry],
+    other_files: &[(String, String)],
+) -> Result<(), DistError> {
     let sums_path = dir.join(SHA256SUMS);
     let list_path = dir.join(OS_LIST);
     let still_there = |file: &str| !file.contains('/') && dir.join(file).is_file();
@@ -232,6 +263,7 @@ pub fn write_index(dir: &Path, entries: &[OsEntry]) -> Result<(), DistError> {
         sums.insert(e.url.clone(), e.image_download_sha256.clone());
         list.insert(e.url.clone(), e.clone());
     }
+    sums.extend(other_files.iter().cloned());
 
     let text: String = sums
         .iter()
@@ -365,10 +397,11 @@ mod tests {
         write_index(
             dir.path(),
             &[entry("b.img.xz", 'b'), entry("c.img.xz", 'c')],
+            &[],
         )
         .unwrap();
         fs::remove_file(dir.path().join("c.img.xz")).unwrap();
-        write_index(dir.path(), &[entry("a.img.xz", 'a')]).unwrap();
+        write_index(dir.path(), &[entry("a.img.xz", 'a')], &[]).unwrap();
         let sums = fs::read_to_string(dir.path().join(SHA256SUMS)).unwrap();
         assert_eq!(
             sums,
@@ -388,14 +421,14 @@ mod tests {
     fn a_broken_index_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(SHA256SUMS), "not a checksum\n").unwrap();
-        let err = write_index(dir.path(), &[]).unwrap_err().to_string();
+        let err = write_index(dir.path(), &[], &[]).unwrap_err().to_string();
         assert!(
             err.contains("SHA256SUMS: line 1") && err.contains("expected"),
             "{err}"
         );
         fs::remove_file(dir.path().join(SHA256SUMS)).unwrap();
         fs::write(dir.path().join(OS_LIST), "{\"os_list\": [{\"name\": 1}]}").unwrap();
-        let err = write_index(dir.path(), &[]).unwrap_err().to_string();
+        let err = write_index(dir.path(), &[], &[]).unwrap_err().to_string();
         assert!(
             err.contains("os_list.json") && err.contains("expected"),
             "{err}"

@@ -37,6 +37,9 @@ pub enum Error {
     /// The image cache could not be read or changed.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// An image's block map could not be made.
+    #[error(transparent)]
+    BlockMap(#[from] crate::blockmap::BlockMapError),
     /// An image could not be compressed into chunks.
     #[error(transparent)]
     Chunk(#[from] crate::chunked::ChunkError),

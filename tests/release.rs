@@ -101,7 +101,10 @@ fn chunk_counts(stdout: &str) -> BTreeMap<String, (usize, usize)> {
 #[test]
 fn xz_artifacts_test_ok_and_decompress_to_the_raw_images() {
     let (_dir, dist, _, _) = xz_release();
-    let mut expected: Vec<String> = NODES.iter().map(|n| format!("{n}.img.xz")).collect();
+    let mut expected: Vec<String> = NODES
+        .iter()
+        .flat_map(|n| [format!("{n}.img.xz"), format!("{n}.img.bmap")])
+        .collect();
     expected.extend(["SHA256SUMS".to_string(), "os_list.json".to_string()]);
     expected.sort();
     assert_eq!(
@@ -136,7 +139,12 @@ fn sha256sums_and_os_list_match_the_files() {
         .lines()
         .map(|l| l.split_once(" *").unwrap().1)
         .collect();
-    assert_eq!(files, NODES.map(|n| format!("{n}.img.xz")));
+    let mut expected: Vec<String> = NODES
+        .iter()
+        .flat_map(|n| [format!("{n}.img.bmap"), format!("{n}.img.xz")])
+        .collect();
+    expected.sort();
+    assert_eq!(files, expected);
 
     // python3's json and hashlib check every entry against the compressed file and the raw image.
     let script = r#"
@@ -464,7 +472,7 @@ fn shards_cover_every_node_once_and_indexes_merge() {
             .current_dir(&together),
     );
     let sums = fs::read_to_string(together.join("SHA256SUMS")).unwrap();
-    assert_eq!(sums.lines().count(), 5, "{sums}");
+    assert_eq!(sums.lines().count(), 10, "{sums}");
 
     // The workflow's merge job, run as written on the two shard directories.
     let script = common::yaml_eval(
@@ -500,6 +508,67 @@ fn shards_cover_every_node_once_and_indexes_merge() {
         fs::read_to_string(together.join("os_list.json")).unwrap(),
         "the merge job's os_list.json equals the one pi-image writes"
     );
+}
+
+/// `bmaptool copy` with our `.bmap` and `.xz` writes a file equal to the raw image in every range
+/// the map lists (python3's XML parser reads the ranges), and the map covers every non-zero block.
+#[test]
+fn bmaptool_copy_with_our_bmap_writes_every_mapped_range() {
+    let (_dir, dist, _, _) = xz_release();
+    let tmp = tempfile::tempdir().unwrap();
+    for node in ["pi1", "pi3"] {
+        let copy = tmp.path().join(format!("{node}.copy"));
+        run_ok(Command::new("bmaptool").args([
+            "copy",
+            "--bmap",
+            dist.join(format!("{node}.img.bmap")).to_str().unwrap(),
+            dist.join(format!("{node}.img.xz")).to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ]));
+        let script = r#"
+import sys, xml.etree.ElementTree as ET
+bmap, raw, copy = sys.argv[1:4]
+root = ET.parse(bmap).getroot()
+bs = int(root.find('BlockSize').text)
+size = int(root.find('ImageSize').text)
+ranges = []
+for r in root.find('BlockMap'):
+    a, _, b = r.text.strip().partition('-')
+    ranges.append((int(a), int(b or a)))
+mapped = 0
+with open(raw, 'rb') as f, open(copy, 'rb') as g:
+    for a, b in ranges:
+        f.seek(a * bs); g.seek(a * bs)
+        n = min((b + 1) * bs, size) - a * bs
+        assert f.read(n) == g.read(n), (a, b)
+        mapped += n
+    # Every non-zero block of the raw image is mapped.
+    starts = sorted(ranges)
+    f.seek(0)
+    blk, i = 0, 0
+    zero = bytes(bs)
+    while True:
+        data = f.read(bs)
+        if not data:
+            break
+        while i < len(starts) and starts[i][1] < blk:
+            i += 1
+        inside = i < len(starts) and starts[i][0] <= blk <= starts[i][1]
+        assert inside or data == zero[:len(data)], blk
+        blk += 1
+print(len(ranges), mapped)
+"#;
+        let out = run_ok(Command::new("python3").args([
+            "-c",
+            script,
+            dist.join(format!("{node}.img.bmap")).to_str().unwrap(),
+            raw_images().join(format!("{node}.img")).to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ]));
+        let summary = String::from_utf8_lossy(&out.stdout);
+        let ranges: usize = summary.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(ranges > 0, "{node}: {summary}");
+    }
 }
 
 #[test]
