@@ -12,6 +12,7 @@
 pub mod bootfs;
 pub mod build;
 pub mod cache;
+pub mod calendar;
 pub mod cloudinit;
 pub mod cmdline;
 pub mod configtxt;
