@@ -15,6 +15,8 @@ use std::sync::{Mutex, PoisonError};
 
 use fatfs::{Date, DateTime, Dir, DirEntry, FileSystem, FsOptions, Time, TimeProvider};
 
+use crate::calendar::UtcDateTime;
+
 /// Errors from the boot partition. Each names the path inside the partition it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum BootFsError {
@@ -109,17 +111,15 @@ impl FatTimestamp {
     pub fn from_unix(secs: i64) -> Self {
         const MIN: i64 = 315_532_800; // 1980-01-01T00:00:00Z
         const MAX: i64 = 4_354_819_199; // 2107-12-31T23:59:59Z
-        let secs = secs.clamp(MIN, MAX);
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
-        // The clamp keeps every field within u16.
+        let t = UtcDateTime::from_unix(secs.clamp(MIN, MAX));
+        // The clamp keeps the year within u16.
         FatTimestamp {
-            year: year as u16,
-            month: month as u16,
-            day: day as u16,
-            hour: (rem / 3600) as u16,
-            min: (rem / 60 % 60) as u16,
-            sec: (rem % 60) as u16,
+            year: t.year as u16,
+            month: t.month.into(),
+            day: t.day.into(),
+            hour: t.hour.into(),
+            min: t.min.into(),
+            sec: t.sec.into(),
         }
     }
 
@@ -152,21 +152,6 @@ impl fmt::Display for FatTimestamp {
             self.year, self.month, self.day, self.hour, self.min, self.sec
         )
     }
-}
-
-/// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian calendar).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    // Howard Hinnant's algorithm: shift to eras starting on 0000-03-01.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Hands fatfs the fixed timestamp instead of the clock.

@@ -21,6 +21,7 @@ use sha2::Digest;
 use crate::Result;
 use crate::blockmap::BlockMap;
 use crate::build::{self, BuildOptions};
+use crate::calendar::UtcDateTime;
 use crate::chunked::{self, ChunkStore, Compressed};
 use crate::image::PendingOutput;
 use crate::profile::{Node, Profile, Target};
@@ -227,8 +228,10 @@ fn os_entry(profile: &Profile, a: &Artifact, epoch: i64) -> OsEntry {
         extract_sha256: c.raw_sha256.clone(),
         image_download_size: c.size,
         image_download_sha256: c.sha256.clone(),
-        // Clamped: a date before 1970 is no release date.
-        release_date: crate::cache::rfc3339(u64::try_from(epoch).unwrap_or(0))[..10].to_string(),
+        release_date: {
+            let d = UtcDateTime::from_unix(epoch);
+            format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+        },
     }
 }
 

@@ -146,8 +146,8 @@ pub enum FetchError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignaturePolicy {
     /// Check `SHA256SUMS.gpg` against this OpenPGP public key file (armored or binary), else
-    /// the profile's `base_signing_key`; with neither such a fetch fails, since pi-image ships
-    /// no key (see [`crate::signature`]).
+    /// the profile's `base_signing_key`, else the built-in Ubuntu CD image signing key (see
+    /// [`crate::signature`]).
     Verify(Option<PathBuf>),
     /// Don't check it (`--insecure-skip-signature`).
     Skip,
@@ -417,10 +417,11 @@ fn expected_sha256(
             ),
             SignaturePolicy::Verify(key) => {
                 let sig_url = format!("{sums_url}.gpg");
-                // --signing-key wins over the profile's base_signing_key. The key is loaded
-                // first: a missing or broken key is reported before anything is downloaded.
+                // --signing-key wins over the profile's base_signing_key, which wins over the
+                // built-in Ubuntu key. The key is loaded first: a missing or broken key is
+                // reported before anything is downloaded.
                 let key = key.as_deref().or(remote.signing_key.as_deref());
-                let key = signature::load_trusted_key(key, &sig_url)?;
+                let key = signature::load_trusted_key(key)?;
                 let sig = get_small(client, &sig_url)?;
                 signature::verify_detached(&key, &sums, &sig, &sig_url)?;
             }

@@ -109,60 +109,26 @@ pub fn decoder<R: BufRead + 'static>(format: Format, reader: R) -> Box<dyn Read>
     match format {
         Format::Xz => Box::new(XzStreams::new(reader)),
         Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Format::Zstd => Box::new(ZstdFrames {
-            current: None,
-            idle: Some(reader),
-        }),
+        Format::Zstd => Box::new(ZstdFrames::new(reader)),
         Format::Raw => Box::new(reader),
     }
 }
 
-/// Decodes every concatenated zstd frame of the input (ruzstd's decoder reads one frame).
-struct ZstdFrames<R: BufRead> {
-    current: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
-    idle: Option<R>,
+/// One compressed stream (an xz stream, a zstd frame) decoded from a reader's position; the
+/// reader comes back when the stream ends, so that the next one can follow.
+trait OneStream<R>: Read + Sized {
+    /// Whether NUL bytes may sit between streams (xz's stream padding).
+    const NUL_PADDING: bool;
+    fn start(reader: R) -> io::Result<Self>;
+    fn finish(self) -> R;
 }
 
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(dec) = &mut self.current {
-                let n = dec.read(buf)?;
-                if n > 0 || buf.is_empty() {
-                    return Ok(n);
-                }
-                self.idle = self.current.take().map(|d| d.into_inner());
-            }
-            let Some(mut reader) = self.idle.take() else {
-                return Ok(0);
-            };
-            if reader.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            self.current = Some(
-                ruzstd::decoding::StreamingDecoder::new(reader)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
-            );
-        }
-    }
-}
+impl<R: BufRead> OneStream<R> for liblzma::bufread::XzDecoder<R> {
+    const NUL_PADDING: bool = true;
 
-/// Decodes every concatenated `.xz` stream of the input, each with liblzma's multi-threaded
-/// decoder (whose builder cannot set `LZMA_CONCATENATED`, so the streams are chained here).
-struct XzStreams<R: BufRead> {
-    current: Option<liblzma::bufread::XzDecoder<R>>,
-    idle: Option<R>,
-}
-
-impl<R: BufRead> XzStreams<R> {
-    fn new(reader: R) -> Self {
-        XzStreams {
-            current: None,
-            idle: Some(reader),
-        }
-    }
-
-    fn decoder(reader: R) -> io::Result<liblzma::bufread::XzDecoder<R>> {
+    /// liblzma's multi-threaded decoder, whose builder cannot set `LZMA_CONCATENATED`: hence
+    /// the chaining in [`Concatenated`].
+    fn start(reader: R) -> io::Result<Self> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let stream = liblzma::stream::MtStreamBuilder::new()
             .threads(u32::try_from(threads).unwrap_or(1))
@@ -172,9 +138,44 @@ impl<R: BufRead> XzStreams<R> {
             .map_err(io::Error::other)?;
         Ok(liblzma::bufread::XzDecoder::new_stream(reader, stream))
     }
+
+    fn finish(self) -> R {
+        self.into_inner()
+    }
 }
 
-impl<R: BufRead> Read for XzStreams<R> {
+impl<R: BufRead> OneStream<R>
+    for ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>
+{
+    const NUL_PADDING: bool = false;
+
+    fn start(reader: R) -> io::Result<Self> {
+        ruzstd::decoding::StreamingDecoder::new(reader)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
+    fn finish(self) -> R {
+        self.into_inner()
+    }
+}
+
+/// Decodes every concatenated stream of the input, one [`OneStream`] after another (both
+/// decoders read a single stream).
+struct Concatenated<R, D> {
+    current: Option<D>,
+    idle: Option<R>,
+}
+
+impl<R: BufRead, D: OneStream<R>> Concatenated<R, D> {
+    fn new(reader: R) -> Self {
+        Concatenated {
+            current: None,
+            idle: Some(reader),
+        }
+    }
+}
+
+impl<R: BufRead, D: OneStream<R>> Read for Concatenated<R, D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if let Some(dec) = &mut self.current {
@@ -182,28 +183,33 @@ impl<R: BufRead> Read for XzStreams<R> {
                 if n > 0 || buf.is_empty() {
                     return Ok(n);
                 }
-                self.idle = self.current.take().map(|d| d.into_inner());
+                self.idle = self.current.take().map(D::finish);
             }
             let Some(mut reader) = self.idle.take() else {
                 return Ok(0);
             };
-            // Stream padding (NUL bytes in multiples of four) may sit between streams.
-            loop {
+            while D::NUL_PADDING {
                 let head = reader.fill_buf()?;
                 let zeros = head.iter().take_while(|&&b| b == 0).count();
-                if zeros == 0 || zeros < head.len() {
-                    reader.consume(zeros);
+                let more_padding = zeros > 0 && zeros == head.len();
+                reader.consume(zeros);
+                if !more_padding {
                     break;
                 }
-                reader.consume(zeros);
             }
             if reader.fill_buf()?.is_empty() {
                 return Ok(0);
             }
-            self.current = Some(Self::decoder(reader)?);
+            self.current = Some(D::start(reader)?);
         }
     }
 }
+
+/// `.xz` input: every stream, each decoded on all cores.
+type XzStreams<R> = Concatenated<R, liblzma::bufread::XzDecoder<R>>;
+/// `.zst` input: every frame.
+type ZstdFrames<R> =
+    Concatenated<R, ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>;
 
 /// Copy `src` into `dst` from its current position, leaving holes where whole 4 KiB blocks are
 /// zero, and set `dst`'s length to what was copied. Returns the number of bytes copied.

@@ -13,6 +13,7 @@ pub mod blockmap;
 pub mod bootfs;
 pub mod build;
 pub mod cache;
+pub mod calendar;
 pub mod chunked;
 pub mod cloudinit;
 pub mod cmdline;

@@ -39,7 +39,8 @@ struct FetchArgs {
     /// Never touch the network: use the cached image, or fail if the cache lacks it.
     #[arg(long)]
     offline: bool,
-    /// OpenPGP public key trusted to sign SHA256SUMS (armored or binary).
+    /// OpenPGP public key trusted to sign SHA256SUMS (armored or binary) [default: the built-in
+    /// Ubuntu CD image signing key].
     #[arg(long, value_name = "FILE")]
     signing_key: Option<PathBuf>,
     /// Do NOT check the OpenPGP signature of SHA256SUMS (the checksum itself is still checked).

@@ -1,14 +1,13 @@
 //! Authenticating `SHA256SUMS` with its detached OpenPGP signature (`SHA256SUMS.gpg`), using the
 //! pure-Rust `pgp` crate.
 //!
-//! pi-image does not ship the Ubuntu CD image signing key: no package reachable from the machines
-//! this was built on carries it (Debian 12 has no `ubuntu-keyring`), and a key copied from
-//! memory or an unverifiable source would be worse than none. The trusted key is therefore
-//! always given by the user (`base_signing_key` in the profile, or `--signing-key FILE`); without one, a `SHA256SUMS`-verified fetch
-//! fails and says how to get past it.
+//! The Ubuntu CD image signing key ships inside pi-image (`src/keys/ubuntu-cdimage-2012.asc`) and is
+//! the trusted key unless the user names another (`base_signing_key` in the profile, or
+//! `--signing-key FILE`). Its fingerprint is checked against [`UBUNTU_CDIMAGE_2012_FINGERPRINT`] in
+//! the tests, by `gpg` as well as by this module.
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
 use pgp::types::KeyDetails;
@@ -20,27 +19,18 @@ pub const UBUNTU_CDIMAGE_2012_FINGERPRINT: &str = "843938DF228D22F7B3742BC0D94AA
 /// Errors checking a signature.
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    /// No trusted key is configured and none ships with pi-image.
-    #[error(
-        "no trusted OpenPGP key to check {sig_url} with: set cluster.base_signing_key or pass --signing-key FILE (for Ubuntu images the \
-         Ubuntu CD image signing key, fingerprint 8439 38DF 228D 22F7 B374 2BC0 D94A A3F0 EFE2 1092), \
-         pin base_sha256 in the profile, or pass --insecure-skip-signature"
-    )]
-    NoKey {
-        /// The signature's URL.
-        sig_url: String,
-    },
     /// The key file cannot be read or parsed, or its self-signatures are invalid.
-    #[error("{}: not a usable OpenPGP public key: {reason}", path.display())]
+    #[error("{source_name}: not a usable OpenPGP public key: {reason}")]
     Key {
-        /// The key file.
-        path: PathBuf,
+        /// The key file, or the built-in key's name.
+        source_name: String,
         /// What is wrong.
         reason: String,
     },
     /// The signature does not verify with the trusted key.
     #[error(
-        "{sig_url}: bad signature: {reason}; the checksum file is not trusted and nothing was downloaded"
+        "{sig_url}: bad signature: {reason}; the checksum file is not trusted and nothing was downloaded \
+         (another signing key: --signing-key FILE or cluster.base_signing_key)"
     )]
     Bad {
         /// The signature's URL.
@@ -54,7 +44,7 @@ pub enum SignatureError {
 #[derive(Debug, Clone)]
 pub struct TrustedKey {
     key: SignedPublicKey,
-    path: PathBuf,
+    source_name: String,
 }
 
 impl TrustedKey {
@@ -64,31 +54,41 @@ impl TrustedKey {
     }
 }
 
-/// Load the trusted key from `path` (armored or binary). `None` is an error naming `sig_url`,
-/// since no key ships with pi-image (see the module docs).
-pub fn load_trusted_key(path: Option<&Path>, sig_url: &str) -> Result<TrustedKey, SignatureError> {
-    let Some(path) = path else {
-        return Err(SignatureError::NoKey {
-            sig_url: sig_url.to_string(),
-        });
-    };
+/// The built-in "Ubuntu CD Image Automatic Signing Key (2012) <cdimage@ubuntu.com>", armored.
+const UBUNTU_CDIMAGE_2012_KEY: &[u8] = include_bytes!("keys/ubuntu-cdimage-2012.asc");
+
+/// Load the trusted key from `path` (armored or binary), or the built-in Ubuntu CD image
+/// signing key when `path` is `None`.
+pub fn load_trusted_key(path: Option<&Path>) -> Result<TrustedKey, SignatureError> {
+    match path {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| SignatureError::Key {
+                source_name: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            parse_key(&bytes, path.display().to_string())
+        }
+        None => parse_key(
+            UBUNTU_CDIMAGE_2012_KEY,
+            "the built-in Ubuntu CD image signing key".to_string(),
+        ),
+    }
+}
+
+fn parse_key(bytes: &[u8], source_name: String) -> Result<TrustedKey, SignatureError> {
     let key_err = |reason: String| SignatureError::Key {
-        path: path.to_owned(),
+        source_name: source_name.clone(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| key_err(e.to_string()))?;
     let key = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        SignedPublicKey::from_armor_single(Cursor::new(&bytes)).map(|(k, _)| k)
+        SignedPublicKey::from_armor_single(Cursor::new(bytes)).map(|(k, _)| k)
     } else {
-        SignedPublicKey::from_bytes(Cursor::new(&bytes))
+        SignedPublicKey::from_bytes(Cursor::new(bytes))
     }
     .map_err(|e| key_err(e.to_string()))?;
     key.verify_bindings()
         .map_err(|e| key_err(format!("invalid self-signature: {e}")))?;
-    Ok(TrustedKey {
-        key,
-        path: path.to_owned(),
-    })
+    Ok(TrustedKey { key, source_name })
 }
 
 /// Check that one of the detached signatures in `sig` (armored or binary; Ubuntu's files may
@@ -134,7 +134,18 @@ pub fn verify_detached(
     Err(bad(format!(
         "no valid signature by the trusted key {} ({}) among {} ({last})",
         key.fingerprint(),
-        key.path.display(),
+        key.source_name,
         sigs.len()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_key_is_the_ubuntu_cd_image_key() {
+        let key = load_trusted_key(None).unwrap();
+        assert_eq!(key.fingerprint(), UBUNTU_CDIMAGE_2012_FINGERPRINT);
+    }
 }

@@ -802,6 +802,55 @@ impl Drop for Gpg {
     }
 }
 
+/// The shipped Ubuntu key, judged by gpg rather than by our own OpenPGP code.
+#[test]
+fn shipped_ubuntu_key_has_the_published_fingerprint() {
+    let gpg = Gpg::new();
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/keys/ubuntu-cdimage-2012.asc"
+    );
+    let listing = String::from_utf8(gpg.run(&["--with-colons", "--show-keys", key], None)).unwrap();
+    // One primary key, no subkeys, and the fingerprint from Ubuntu's documentation.
+    let fprs: Vec<&str> = listing.lines().filter(|l| l.starts_with("fpr:")).collect();
+    assert_eq!(
+        fprs,
+        ["fpr:::::::::843938DF228D22F7B3742BC0D94AA3F0EFE21092:"],
+        "{listing}"
+    );
+    assert!(
+        listing.contains("Ubuntu CD Image Automatic Signing Key (2012) <cdimage@ubuntu.com>"),
+        "{listing}"
+    );
+}
+
+/// A real `SHA256SUMS` signed by Canonical (Lubuntu 18.04.5's, from cdimage.ubuntu.com; see
+/// tests/fixtures/ubuntu-signed/README.md) passes with the built-in key and no `--signing-key`:
+/// the fetch gets past the signature and stops only because the file lists no image of ours.
+#[test]
+fn built_in_key_accepts_a_real_ubuntu_signature() {
+    let signed = repo().join("tests/fixtures/ubuntu-signed");
+    let sums = fs::read(signed.join("SHA256SUMS")).unwrap();
+    let (server, _) = serve_fixture();
+    server.put("SHA256SUMS", sums.clone());
+    server.put(
+        "SHA256SUMS.gpg",
+        fs::read(signed.join("SHA256SUMS.gpg")).unwrap(),
+    );
+    let dir = sums_profile(&server);
+    let err = fails(run(dir.path(), &["fetch"]), &["no line for", NAME]);
+    assert!(!err.contains("signature"), "{err}");
+
+    let mut tampered = sums;
+    tampered[0] ^= 1;
+    server.put("SHA256SUMS", tampered);
+    fails(
+        run(dir.path(), &["fetch"]),
+        &["bad signature", "built-in Ubuntu CD image signing key"],
+    );
+    assert!(server.requests_for(NAME).is_empty());
+}
+
 #[test]
 fn sha256sums_signature_is_checked() {
     let gpg = Gpg::new();
@@ -814,14 +863,16 @@ fn sha256sums_signature_is_checked() {
     fs::write(dir.path().join("ed.asc"), &ed).unwrap();
     fs::write(dir.path().join("garbage.asc"), b"not a key").unwrap();
 
-    // No key at all: refused before anything is downloaded, saying what to do.
+    // No key named: the built-in Ubuntu key is trusted, and it did not sign this file.
+    server.put("SHA256SUMS.gpg", gpg.sign(&["rsa@test.invalid"], &sums));
     fails(
         run(dir.path(), &["fetch"]),
         &[
             &server.url("SHA256SUMS.gpg"),
+            "bad signature",
+            "843938DF228D22F7B3742BC0D94AA3F0EFE21092",
+            "built-in Ubuntu CD image signing key",
             "--signing-key",
-            "8439 38DF 228D 22F7 B374 2BC0 D94A A3F0 EFE2 1092",
-            "--insecure-skip-signature",
         ],
     );
     fails(
