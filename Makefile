@@ -20,9 +20,11 @@ demo: build
 test:
 	$(CARGO) test --locked --all-targets
 
-# Fetch speed and memory on a generated ~1 GB image served on loopback (not a test).
+# Fetch speed and memory on a generated ~1 GB image served on loopback, then release artifacts
+# for five nodes against the naive pipeline on a ~3 GB image (BENCH_SIZE_GB) (not tests).
 bench:
 	bench/fetch.sh
+	bench/release.sh
 
 clean:
 	$(CARGO) clean

@@ -112,6 +112,9 @@ pub struct Artifact {
     pub bmap: PathBuf,
     /// Its sha256, hex.
     pub bmap_sha256: String,
+    /// Wall time this node took: building, compressing and mapping it (the first node's also
+    /// includes reading the base and the overlays).
+    pub elapsed: std::time::Duration,
     /// The boot target.
     pub target: Target,
     /// The release of the base.
@@ -157,6 +160,7 @@ pub fn build_artifacts(
 ) -> Result<Vec<Artifact>> {
     let ext = store.compression().codec.extension();
     let mut artifacts = Vec::new();
+    let mut since = std::time::Instant::now();
     build::build_nodes_with(profile, nodes, opts, &mut |img| {
         let out = opts.out_dir.join(format!("{}.img.{ext}", img.node));
         // Dropping `img` afterwards removes the raw temp image.
@@ -169,11 +173,13 @@ pub fn build_artifacts(
             compressed,
             bmap,
             bmap_sha256,
+            elapsed: since.elapsed(),
             target: img.target,
             release: img.release,
         };
         report(&artifact);
         artifacts.push(artifact);
+        since = std::time::Instant::now();
         Ok(())
     })?;
     let entries = artifacts

@@ -269,7 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dist::build_artifacts(&profile, &nodes, &opts, &store, jobs, &mut |a| {
                     let c = &a.compressed;
                     println!(
-                        "{:<8} {}  {:>8.1} MiB (raw {} MiB)  sha256 {}  chunks {}: {} compressed, {} from cache",
+                        "{:<8} {}  {:>8.1} MiB (raw {} MiB)  sha256 {}  chunks {}: {} compressed, {} from cache  {:.1} s",
                         a.node,
                         c.path.display(),
                         c.size as f64 / 1048576.0,
@@ -277,7 +277,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         c.sha256,
                         c.chunks,
                         c.compressed,
-                        c.reused
+                        c.reused,
+                        a.elapsed.as_secs_f64()
                     );
                 })?;
                 println!(
