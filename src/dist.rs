@@ -158,6 +158,9 @@ pub fn build_artifacts(
     jobs: usize,
     report: &mut dyn FnMut(&Artifact),
 ) -> Result<Vec<Artifact>> {
+    // A broken index in the output directory fails now, not after every node was compressed.
+    read_sums(&opts.out_dir.join(SHA256SUMS))?;
+    read_os_list(&opts.out_dir.join(OS_LIST))?;
     let ext = store.compression().codec.extension();
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();

@@ -312,6 +312,18 @@ fn later_nodes_and_rebuilds_reuse_cached_chunks() {
     for node in NODES {
         assert_eq!(again[node], (0, 12), "{node} on a rebuild");
     }
+    // `cache clean` removes the chunks with everything else.
+    let chunks = cache.join("chunks/xz-6");
+    assert!(fs::read_dir(&chunks).unwrap().count() > 5);
+    pi_image_ok(
+        &repo(),
+        &["--cache-dir", cache.to_str().unwrap(), "cache", "clean"],
+    );
+    assert_eq!(
+        fs::read_dir(&chunks).unwrap().count(),
+        0,
+        "chunks left after cache clean"
+    );
 }
 
 /// A node whose overlay writes a large file into the root filesystem: chunks beyond the boot
@@ -629,6 +641,29 @@ fn bad_release_options_fail_clearly_and_write_nothing() {
         assert!(err.contains(expect), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
+    // A broken SHA256SUMS in the output directory: named, and nothing is built.
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("SHA256SUMS"), "pi1.img.xz is fine\n").unwrap();
+    let mut all = vec!["build", "--base", base.to_str().unwrap(), "--out"];
+    all.extend([
+        out.to_str().unwrap(),
+        "--cache-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    all.extend(["--node", "pi1", "--compress", "xz"]);
+    let res = pi_image(&repo(), &all);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        err.contains("SHA256SUMS: line 1") && err.contains("expected '<64 hex digits> *<file>'"),
+        "{err}"
+    );
+    assert_eq!(
+        listing(&out),
+        ["SHA256SUMS"],
+        "something was written beside the broken index"
+    );
+
     let res = pi_image(&repo(), &["build", "--node", "pi1", "--shard", "1/2"]);
     assert!(!res.status.success());
     let err = String::from_utf8_lossy(&res.stderr);
