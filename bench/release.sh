@@ -81,26 +81,27 @@ first_s=${node_s[0]}
 extra_s=$(printf '%s\n' "${node_s[@]:1}" | awk '{s+=$1} END {printf "%.2f", s/NR}')
 (cd "$work/dist" && sha256sum -c --quiet SHA256SUMS)
 
-ratio() { echo "scale=3; $1 / $2" | bc -l; }
+ratio() { printf '%.3f' "$(echo "$1 / $2" | bc -l)"; }
+secs() { printf '%.1f' "$1"; }
 cores=$(nproc)
 date=$(date -u +%Y-%m-%d)
 table=$(cat <<EOF
 | measure | value | target |
 |---|---|---|
 | image | ${size_mb} MiB raw, ${data_mb} MiB data | |
-| naive total (5 × raw build + \`xz -T$THREADS -6\`) | ${naive_s%.*} s | |
-| pi-image \`build --all --compress xz\` total | ${ours_s%.*} s | |
+| naive total (5 × raw build + \`xz -T$THREADS -6\`) | $(secs "$naive_s") s | |
+| pi-image \`build --all --compress xz\` total | $(secs "$ours_s") s | |
 | total, pi-image / naive | $(ratio "$ours_s" "$naive_s") | ≤ 0.33 |
 | first node | ${first_s} s | |
-| each further node (mean) | ${extra_s} s | |
+| each further node (mean) | $(secs "$extra_s") s | |
 | further node / first node | $(ratio "$extra_s" "$first_s") | ≤ 0.10 |
 | pi-image peak RSS | $((rss_kb / 1024)) MiB | ≤ 256 MiB |
 | pi1.img.xz size: pi-image (32 MiB chunks) | ${ours_bytes} B | |
 | pi1.img.xz size: single-stream \`xz -6 -T1\` | ${single_bytes} B | |
 | size, pi-image / single stream | $(ratio "$ours_bytes" "$single_bytes") | < 1.02 |
 | size, naive \`xz -T$THREADS -6\` / single stream | $(ratio "$naive_bytes" "$single_bytes") | |
-| raw build of one node (\`build --node pi1\`, ${raw_bytes} B) | ${raw_s} s | |
-| \`cp --sparse=always\` of the base | ${cp_s} s | |
+| raw build of one node (\`build --node pi1\`, ${raw_bytes} B) | $(secs "$raw_s") s | |
+| \`cp --sparse=always\` of the base | $(secs "$cp_s") s | |
 | raw build / cp | $(ratio "$raw_s" "$cp_s") | ≤ 1.1 |
 EOF
 )

@@ -41,6 +41,20 @@ pub enum ChunkError {
         /// The underlying error.
         source: io::Error,
     },
+    /// Reading a chunk of the image or writing its compressed form failed.
+    #[error("compressing bytes {start}..{end} of {} into {}: {source}", image.display(), chunk.display())]
+    Compress {
+        /// The raw image.
+        image: PathBuf,
+        /// The chunk's first byte.
+        start: u64,
+        /// The byte after its last.
+        end: u64,
+        /// The chunk file being written.
+        chunk: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// A chunk file could not be written or moved into place.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -397,15 +411,14 @@ fn compress_chunk(
     store
         .compression
         .encode(&mut src, len, &mut dst)
-        .map_err(|e| {
-            // Name the file whose reading or writing failed: reads come from the image.
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                io_err(path)(e)
-            } else {
-                io_err(&temp)(e)
-            }
+        .and_then(|()| dst.flush())
+        .map_err(|source| ChunkError::Compress {
+            image: path.to_owned(),
+            start,
+            end: start + len,
+            chunk: temp,
+            source,
         })?;
-    dst.flush().map_err(io_err(&temp))?;
     drop(dst);
     out.commit()?;
     Ok(())

@@ -43,6 +43,9 @@ pub enum DistError {
         /// The underlying error.
         source: io::Error,
     },
+    /// An index file could not be written or moved into place.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     /// An existing index file is not what pi-image writes.
     #[error("{}: {reason} (remove it to start a new index)", path.display())]
     Index {
@@ -343,13 +346,11 @@ fn read_existing(path: &Path) -> Result<Option<String>, DistError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistError> {
-    let wrap = |e: crate::image::ImageError| DistError::Io {
-        path: path.to_owned(),
-        source: io::Error::other(e.to_string()),
-    };
-    let mut out = PendingOutput::create(path).map_err(wrap)?;
-    out.file().write_all(bytes).map_err(io_err(path))?;
-    out.commit().map_err(wrap)?;
+    let mut out = PendingOutput::create(path)?;
+    out.file()
+        .write_all(bytes)
+        .map_err(io_err(out.temp_path()))?;
+    out.commit()?;
     Ok(())
 }
 
