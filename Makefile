@@ -20,9 +20,11 @@ demo: build
 test:
 	$(CARGO) test --locked --all-targets
 
-# Fetch speed and memory on a generated ~1 GB image served on loopback (not a test).
+# Fetch speed and memory on a generated ~1 GB image served on loopback, and flash speed and
+# memory on a generated ~3 GB image against dd and bmaptool (not tests).
 bench:
 	bench/fetch.sh
+	bench/flash.sh
 
 clean:
 	$(CARGO) clean

@@ -245,3 +245,18 @@ fn refusals_write_nothing() {
     );
     assert_eq!(sha256(&target), before);
 }
+
+#[test]
+fn a_gpt_image_onto_garbage_has_both_tables_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = demo_images().join("gpt/pi3.img");
+    let target = tmp.path().join("card.img");
+    garbage_file(&target, fs::metadata(&img).unwrap().len());
+    pi_image_ok(&repo(), &["flash", s(&img), s(&target), "--to-file"]);
+    let (ok, out, err) = run("sgdisk", &["-v", s(&target)]);
+    assert!(
+        ok && out.contains("No problems found"),
+        "sgdisk -v: {out}{err}"
+    );
+    fsck_partitions(&target, tmp.path());
+}
