@@ -378,21 +378,20 @@ struct ReadResult {
 /// Where the reader leaves its result for the writers: set before the channels close.
 type Slot = Arc<Mutex<Option<Result<ReadResult, String>>>>;
 
-/// Read `src` and send the pieces to write to every sender still listening, and to a hasher
-/// thread when `hash` (sha256 per range for verification) or when the `.bmap` has checksums
-/// (checked; a mismatch fails the read). With a map, its ranges; without, every block (every
-/// non-zero block when `skip_zero`).
+/// Read `src` and send the pieces to write to every sender still listening, and with `hash` to
+/// a hasher thread (sha256 per range for verification, and the `.bmap`'s own checksums, whose
+/// mismatch fails the read). With a map, its ranges; without, every block (every non-zero
+/// block when `skip_zero`).
 fn read_source(
     src: &Source,
     skip_zero: bool,
     hash: bool,
     txs: &mut Vec<SyncSender<Arc<Piece>>>,
 ) -> Result<ReadResult, FlashError> {
-    let checksums = src.map.as_ref().and_then(|m| m.checksums.as_ref());
     std::thread::scope(|scope| {
-        let hasher = (hash || checksums.is_some()).then(|| {
+        let hasher = hash.then(|| {
             let (tx, rx) = sync_channel::<Arc<Piece>>(QUEUE);
-            (tx, scope.spawn(move || hash_pieces(src, rx, hash)))
+            (tx, scope.spawn(move || hash_pieces(src, rx)))
         });
         let (hash_tx, handle) = match hasher {
             Some((tx, h)) => (Some(tx), Some(h)),
@@ -540,21 +539,15 @@ fn send_pieces(
     }
 }
 
-/// The hasher thread: sha256 per range (when `sha256`) and the `.bmap` checksums, checked.
-fn hash_pieces(
-    src: &Source,
-    rx: Receiver<Arc<Piece>>,
-    sha256: bool,
-) -> Result<Vec<[u8; 32]>, FlashError> {
+/// The hasher thread: sha256 per range, and the `.bmap` checksums checked.
+fn hash_pieces(src: &Source, rx: Receiver<Arc<Piece>>) -> Result<Vec<[u8; 32]>, FlashError> {
     let checksums = src.map.as_ref().and_then(|m| m.checksums.as_ref());
     let mut sums = Vec::new();
     let mut ours = Sha256::new();
     let mut theirs = checksums.map(|c| c.kind.hasher());
     for piece in rx {
         let data = piece.data.as_slice();
-        if sha256 {
-            ours.update(data);
-        }
+        ours.update(data);
         if let Some(h) = &mut theirs {
             h.update(data);
         }

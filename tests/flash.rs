@@ -260,3 +260,32 @@ fn a_gpt_image_onto_garbage_has_both_tables_intact() {
     );
     fsck_partitions(&target, tmp.path());
 }
+
+#[test]
+fn an_image_not_matching_its_bmap_fails_and_leaves_no_partition_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("x.img");
+    fs::copy(demo_images().join("pi1.img"), &img).unwrap();
+    pi_image_ok(&repo(), &["bmap", s(&img)]);
+    // Change a byte of the root filesystem's superblock after the .bmap was made.
+    let offset = common::sfdisk_partitions(&img)[1].0 + 1024 + 100;
+    let mut data = fs::read(&img).unwrap();
+    data[offset as usize] ^= 1;
+    fs::write(&img, &data).unwrap();
+    drop(data);
+    let target = tmp.path().join("card.img");
+    let garbage = tmp.path().join("garbage.img");
+    garbage_file(&garbage, fs::metadata(&img).unwrap().len());
+    fs::copy(&garbage, &target).unwrap();
+    let out = pi_image(&repo(), &["flash", s(&img), s(&target), "--to-file"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("do not match their sha256 checksum in")
+            && err.contains("x.img.bmap")
+            && err.contains("no partition table written"),
+        "{err}"
+    );
+    // The first 4 KiB (MBR) were held back: still the old garbage.
+    cmp_ranges(&garbage, &target, &[(0, 4096)]);
+}
