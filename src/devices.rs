@@ -124,14 +124,6 @@ impl Disk {
         self.removable || matches!(self.transport.as_str(), "usb" | "sd" | "loop")
     }
 
-    /// Is the disk in use (mounted, swap, held) or the system disk?
-    pub fn in_use(&self) -> bool {
-        !(self.mounts.is_empty()
-            && self.swaps.is_empty()
-            && self.holders.is_empty()
-            && self.system.is_empty())
-    }
-
     /// Refuse writing an image of `image_size` bytes to this disk, unless every rule allows it:
     /// not the system disk, nothing mounted, no swap, no holders, large enough, and external
     /// (removable, USB, SD or loop) unless `force`.

@@ -7,7 +7,9 @@
 //! [`cmdline`], [`cloudinit`]) are pure functions from text to text, and [`eeprom`] works on the
 //! Pi 4 bootloader EEPROM image's bytes; [`eepromcard`] makes the update files and card from it.
 //! A base image named by URL is downloaded, verified ([`signature`]) and decompressed by [`fetch`]
-//! into the [`cache`].
+//! into the [`cache`]. [`blockmap`] tells which blocks of an image matter (and reads and writes
+//! `.bmap` files), [`devices`] finds disks and applies the safety rules, and [`flash`] writes
+//! images to them and verifies them, showing [`progress`].
 
 pub mod blockmap;
 pub mod bootfs;

@@ -122,14 +122,15 @@ enum Command {
         #[command(flatten)]
         sys: SysArgs,
     },
-    /// Write an image to one or more disks (or files), verified; or build nodes straight onto
-    /// disks with `--node NODE DEVICE`.
+    /// Write an image to one or more disks (or files), verified; or build nodes and write them
+    /// to disks with `--node NODE DEVICE`.
     Flash {
-        /// IMAGE DEVICE [DEVICE...] (an .img, .img.xz, .img.gz or .img.zst), or only with --node:
-        /// nothing.
+        /// IMAGE DEVICE [DEVICE...]: an .img, .img.xz, .img.gz or .img.zst and where it goes
+        /// (nothing with --node).
         #[arg(value_name = "IMAGE DEVICE")]
         args: Vec<PathBuf>,
-        /// Build NODE from the base and write it to DEVICE, without an image file (repeatable).
+        /// Build NODE from the base and write it to DEVICE (repeatable); the image is built in a
+        /// temporary directory in the cache and deleted afterwards.
         #[arg(long, num_args = 2, value_names = ["NODE", "DEVICE"])]
         node: Vec<String>,
         /// The base image for --node (.img or .img.xz); overrides the profile's `base`.
