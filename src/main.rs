@@ -377,6 +377,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 _keep = Some((built, fetched));
             }
+            // The same disk twice would get two writers racing each other.
+            let mut seen = std::collections::HashSet::new();
+            for dev in pairs.iter().flat_map(|(_, devs)| devs) {
+                let key = std::fs::canonicalize(dev).unwrap_or_else(|_| dev.clone());
+                if !seen.insert(key) {
+                    bail!("flash: {} is given more than once", dev.display());
+                }
+            }
             let root = SysRoot::new(sys.sys_root);
             let mut jobs = Vec::new();
             for (image, devs) in pairs {

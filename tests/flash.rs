@@ -243,6 +243,16 @@ fn refusals_write_nothing() {
             && err.contains("x.img.bmap: not a usable .bmap file: no <BlockSize> element"),
         "{err}"
     );
+    // The same target twice.
+    let out = pi_image(
+        &repo(),
+        &["flash", s(&img), s(&target), s(&target), "--to-file"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("plain-file.img is given more than once"),
+        "{err}"
+    );
     assert_eq!(sha256(&target), before);
 }
 
