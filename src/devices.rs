@@ -124,14 +124,6 @@ impl Disk {
         self.removable || matches!(self.transport.as_str(), "usb" | "sd" | "loop")
     }
 
-    /// Is the disk in use (mounted, swap, held) or the system disk?
-    pub fn in_use(&self) -> bool {
-        !(self.mounts.is_empty()
-            && self.swaps.is_empty()
-            && self.holders.is_empty()
-            && self.system.is_empty())
-    }
-
     /// Refuse writing an image of `image_size` bytes to this disk, unless every rule allows it:
     /// not the system disk, nothing mounted, no swap, no holders, large enough, and external
     /// (removable, USB, SD or loop) unless `force`.
@@ -527,6 +519,53 @@ pub fn table(disks: &[Disk]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn card() -> Disk {
+        Disk {
+            name: "sdb".into(),
+            dev_path: "/dev/sdb".into(),
+            dev: "8:16".into(),
+            size: 32 << 30,
+            model: "Card".into(),
+            serial: "1".into(),
+            transport: "sata".into(),
+            removable: false,
+            partitions: vec!["sdb1".into()],
+            mounts: vec![],
+            swaps: vec![],
+            holders: vec![],
+            system: vec![],
+        }
+    }
+
+    #[test]
+    fn each_rule_refuses_with_its_reason() {
+        let t = Path::new("/dev/sdb");
+        let refused = |d: &Disk, size: u64, force: bool| match d.check(t, size, force) {
+            Err(e) => e.to_string(),
+            Ok(()) => String::new(),
+        };
+        let mut d = card();
+        assert!(refused(&d, 1 << 30, false).contains("internal disk (transport sata"));
+        assert_eq!(refused(&d, 1 << 30, true), "");
+        d.transport = "usb".into();
+        assert_eq!(refused(&d, 1 << 30, false), "");
+        assert!(
+            refused(&d, 64 << 30, false)
+                .contains("the device has 34359738368 bytes (32.0 GiB), the image needs")
+        );
+        d.holders = vec!["sdb1 -> dm-0".into()];
+        assert!(refused(&d, 1 << 30, true).contains("in use by sdb1 -> dm-0"));
+        d.swaps = vec!["/dev/sdb1".into()];
+        assert!(refused(&d, 1 << 30, true).contains("in use as swap"));
+        d.mounts = vec!["/media/x".into()];
+        assert!(refused(&d, 1 << 30, true).contains("mounted at /media/x"));
+        d.system = vec!["/boot".into()];
+        assert_eq!(
+            refused(&d, 1 << 30, true),
+            "/dev/sdb: refusing to write: it holds the running system (/boot mounted from it)"
+        );
+    }
 
     #[test]
     fn mountinfo_fields_are_unescaped() {

@@ -319,10 +319,44 @@ impl Aligned {
     }
 }
 
-/// A piece of the image on its way to the writers.
+/// A piece of the image on its way to the writers: part of range number `range`.
 struct Piece {
     offset: u64,
     data: Aligned,
+    range: usize,
+    last: bool,
+}
+
+/// Buffers for pieces, reused once every writer is done with them: allocating (and faulting in)
+/// 4 MiB per piece would cost more than copying it.
+struct Pool {
+    sent: std::collections::VecDeque<Arc<Piece>>,
+}
+
+impl Pool {
+    /// Pieces kept for reuse; beyond this the oldest reference is let go.
+    const KEEP: usize = 2 * QUEUE + 4;
+
+    /// A buffer of `len` bytes (at most [`CHUNK`]).
+    fn take(&mut self, len: usize) -> Aligned {
+        let mut data = match self.sent.front() {
+            Some(p) if Arc::strong_count(p) == 1 => self
+                .sent
+                .pop_front()
+                .and_then(|p| Arc::try_unwrap(p).ok())
+                .map_or_else(|| Aligned::new(CHUNK), |p| p.data),
+            _ => Aligned::new(CHUNK),
+        };
+        data.set_len(len);
+        data
+    }
+
+    fn keep(&mut self, piece: &Arc<Piece>) {
+        self.sent.push_back(Arc::clone(piece));
+        if self.sent.len() > Self::KEEP {
+            self.sent.pop_front();
+        }
+    }
 }
 
 /// One range the reader passed on, with the sha256 of its bytes (what verification expects).
@@ -330,7 +364,7 @@ struct Piece {
 pub struct Written {
     /// Byte range in the image (and on the target).
     pub range: Range<u64>,
-    /// sha256 of those bytes.
+    /// sha256 of those bytes (all zero when nothing is verified).
     pub sha256: [u8; 32],
 }
 
@@ -344,25 +378,76 @@ struct ReadResult {
 /// Where the reader leaves its result for the writers: set before the channels close.
 type Slot = Arc<Mutex<Option<Result<ReadResult, String>>>>;
 
-/// Stream `src` and send the pieces to write to every sender still listening. With a map,
-/// its ranges; without, every block (every non-zero block when `skip_zero`). Ranges whose
-/// `.bmap` checksum does not match are an error before they are sent on.
+/// Read `src` and send the pieces to write to every sender still listening, and with `hash` to
+/// a hasher thread (sha256 per range for verification, and the `.bmap`'s own checksums, whose
+/// mismatch fails the read). With a map, its ranges; without, every block (every non-zero
+/// block when `skip_zero`).
 fn read_source(
     src: &Source,
     skip_zero: bool,
+    hash: bool,
     txs: &mut Vec<SyncSender<Arc<Piece>>>,
 ) -> Result<ReadResult, FlashError> {
+    std::thread::scope(|scope| {
+        let hasher = hash.then(|| {
+            let (tx, rx) = sync_channel::<Arc<Piece>>(QUEUE);
+            (tx, scope.spawn(move || hash_pieces(src, rx)))
+        });
+        let (hash_tx, handle) = match hasher {
+            Some((tx, h)) => (Some(tx), Some(h)),
+            None => (None, None),
+        };
+        let read = send_pieces(src, skip_zero, txs, hash_tx);
+        let sums = match handle.map(|h| h.join()) {
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => {
+                return Err(FlashError::Source {
+                    path: src.path.clone(),
+                    reason: "the hashing thread failed".into(),
+                });
+            }
+            None => Vec::new(),
+        };
+        let (ranges, image_size) = read?;
+        Ok(ReadResult {
+            written: ranges
+                .into_iter()
+                .enumerate()
+                .map(|(i, range)| Written {
+                    range,
+                    sha256: sums.get(i).copied().unwrap_or_default(),
+                })
+                .collect(),
+            image_size,
+        })
+    })
+}
+
+/// The reader proper: returns the ranges sent and the image's size.
+fn send_pieces(
+    src: &Source,
+    skip_zero: bool,
+    txs: &mut Vec<SyncSender<Arc<Piece>>>,
+    hash_tx: Option<SyncSender<Arc<Piece>>>,
+) -> Result<(Vec<Range<u64>>, u64), FlashError> {
     let mut stream = src.stream()?;
     let mut scratch = vec![0u8; 1 << 20];
-    let mut written = Vec::new();
+    let mut pool = Pool {
+        sent: std::collections::VecDeque::new(),
+    };
+    let mut ranges: Vec<Range<u64>> = Vec::new();
     let had_writers = !txs.is_empty();
-    let send = |piece: Piece, txs: &mut Vec<SyncSender<Arc<Piece>>>| {
+    let mut hash_tx = hash_tx;
+    let mut send = |piece: Piece, txs: &mut Vec<SyncSender<Arc<Piece>>>, pool: &mut Pool| {
         let piece = Arc::new(piece);
         txs.retain(|tx| tx.send(Arc::clone(&piece)).is_ok());
-    };
-    let source_err = |reason: String| FlashError::Source {
-        path: src.path.clone(),
-        reason,
+        if let Some(h) = &hash_tx
+            && h.send(Arc::clone(&piece)).is_err()
+        {
+            // The hasher stopped at a bad checksum; its error is reported when it is joined.
+            hash_tx = None;
+        }
+        pool.keep(&piece);
     };
     match &src.map {
         Some(map) => {
@@ -373,69 +458,54 @@ fn read_source(
                 stream
                     .skip_to(r.start, &mut scratch)
                     .map_err(|e| src.decode_err(e))?;
-                let mut hash = Sha256::new();
-                let mut bmap_hash = map.checksums.as_ref().map(|c| c.kind.hasher());
                 let mut pos = r.start;
                 while pos < r.end {
                     let n = usize::try_from(r.end - pos).unwrap_or(CHUNK).min(CHUNK);
-                    let mut data = Aligned::new(n);
+                    let mut data = pool.take(n);
                     let got = stream.read(data.as_mut()).map_err(|e| src.decode_err(e))?;
                     if got < n {
-                        return Err(source_err(format!(
-                            "the image ends at byte {} but its block map has data up to byte {}",
-                            pos + got as u64,
-                            r.end
-                        )));
+                        return Err(FlashError::Source {
+                            path: src.path.clone(),
+                            reason: format!(
+                                "the image ends at byte {} but its block map has data up to byte {}",
+                                pos + got as u64,
+                                r.end
+                            ),
+                        });
                     }
-                    hash.update(data.as_slice());
-                    if let Some(h) = &mut bmap_hash {
-                        h.update(data.as_slice());
-                    }
-                    send(Piece { offset: pos, data }, txs);
+                    let last = pos + n as u64 == r.end;
+                    send(
+                        Piece {
+                            offset: pos,
+                            data,
+                            range: i,
+                            last,
+                        },
+                        txs,
+                        &mut pool,
+                    );
                     pos += n as u64;
                 }
-                if let (Some(h), Some(sums)) = (bmap_hash, &map.checksums) {
-                    let got = h.hex();
-                    if got != sums.hex[i] {
-                        return Err(source_err(format!(
-                            "bytes {}..{} do not match their {} checksum in {} (the image or the .bmap is wrong)",
-                            r.start,
-                            r.end,
-                            match sums.kind {
-                                ChecksumKind::Sha1 => "sha1",
-                                ChecksumKind::Sha256 => "sha256",
-                            },
-                            src.bmap_path
-                                .as_deref()
-                                .map_or_else(|| "the .bmap".into(), |p| p.display().to_string())
-                        )));
-                    }
-                }
-                written.push(Written {
-                    range: r.clone(),
-                    sha256: hash.finalize().into(),
-                });
+                ranges.push(r.clone());
             }
-            Ok(ReadResult {
-                written,
-                image_size: map.image_size,
-            })
+            Ok((ranges, map.image_size))
         }
         None => {
             let mut pos = 0u64;
+            let mut chunk = Aligned::new(CHUNK);
             loop {
                 if had_writers && txs.is_empty() {
                     break;
                 }
-                let mut data = Aligned::new(CHUNK);
-                let got = stream.read(data.as_mut()).map_err(|e| src.decode_err(e))?;
+                chunk.set_len(CHUNK);
+                let got = stream.read(chunk.as_mut()).map_err(|e| src.decode_err(e))?;
                 if got == 0 {
                     break;
                 }
-                data.set_len(got);
+                chunk.set_len(got);
                 // Runs of blocks to pass on: all of them, or the non-zero ones.
                 let mut runs: Vec<Range<usize>> = Vec::new();
-                for (i, block) in data.as_slice().chunks(4096).enumerate() {
+                for (i, block) in chunk.as_slice().chunks(4096).enumerate() {
                     if skip_zero && is_zero(block) {
                         continue;
                     }
@@ -446,30 +516,74 @@ fn read_source(
                     }
                 }
                 for run in runs {
-                    let mut piece = Aligned::new(run.len());
-                    piece
-                        .as_mut()
-                        .copy_from_slice(&data.as_slice()[run.clone()]);
-                    written.push(Written {
-                        range: pos + run.start as u64..pos + run.end as u64,
-                        sha256: Sha256::digest(piece.as_slice()).into(),
-                    });
+                    let mut data = pool.take(run.len());
+                    data.as_mut()
+                        .copy_from_slice(&chunk.as_slice()[run.clone()]);
+                    let range = pos + run.start as u64..pos + run.end as u64;
                     send(
                         Piece {
-                            offset: pos + run.start as u64,
-                            data: piece,
+                            offset: range.start,
+                            data,
+                            range: ranges.len(),
+                            last: true,
                         },
                         txs,
+                        &mut pool,
                     );
+                    ranges.push(range);
                 }
                 pos += got as u64;
             }
-            Ok(ReadResult {
-                written,
-                image_size: pos,
-            })
+            Ok((ranges, pos))
         }
     }
+}
+
+/// The hasher thread: sha256 per range, and the `.bmap` checksums checked.
+fn hash_pieces(src: &Source, rx: Receiver<Arc<Piece>>) -> Result<Vec<[u8; 32]>, FlashError> {
+    let checksums = src.map.as_ref().and_then(|m| m.checksums.as_ref());
+    let mut sums = Vec::new();
+    let mut ours = Sha256::new();
+    let mut theirs = checksums.map(|c| c.kind.hasher());
+    for piece in rx {
+        let data = piece.data.as_slice();
+        ours.update(data);
+        if let Some(h) = &mut theirs {
+            h.update(data);
+        }
+        if !piece.last {
+            continue;
+        }
+        let digest: [u8; 32] = std::mem::take(&mut ours).finalize().into();
+        sums.push(digest);
+        if let (Some(h), Some(c)) = (theirs.take(), checksums) {
+            theirs = Some(c.kind.hasher());
+            if c.hex.get(piece.range) != Some(&h.hex()) {
+                let map_range = src
+                    .map
+                    .as_ref()
+                    .and_then(|m| m.ranges.get(piece.range))
+                    .cloned()
+                    .unwrap_or_default();
+                return Err(FlashError::Source {
+                    path: src.path.clone(),
+                    reason: format!(
+                        "bytes {}..{} do not match their {} checksum in {} (the image or the .bmap is wrong)",
+                        map_range.start,
+                        map_range.end,
+                        match c.kind {
+                            ChecksumKind::Sha1 => "sha1",
+                            ChecksumKind::Sha256 => "sha256",
+                        },
+                        src.bmap_path
+                            .as_deref()
+                            .map_or_else(|| "the .bmap".into(), |p| p.display().to_string())
+                    ),
+                });
+            }
+        }
+    }
+    Ok(sums)
 }
 
 /// Where an image goes: a checked disk, or a regular file (`--to-file`).
@@ -641,7 +755,7 @@ pub fn flash(jobs: &[Job], opts: FlashOptions) -> Vec<Outcome> {
             }
             let skip_zero = job.targets.iter().all(|t| t.fresh);
             scope.spawn(move || {
-                let result = read_source(&job.source, skip_zero, &mut txs);
+                let result = read_source(&job.source, skip_zero, opts.verify, &mut txs);
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(result.map_err(|e| e.to_string()));
                 }
@@ -896,7 +1010,8 @@ fn drop_cache(f: &File, block: bool) {
 }
 
 /// Read each written range of `file` back and compare its sha256; on a mismatch find the first
-/// bad byte by reading the image again.
+/// bad byte by reading the image again. A reader thread keeps the next pieces coming while this
+/// one hashes.
 fn verify_written(
     src: &Source,
     path: &Path,
@@ -907,36 +1022,65 @@ fn verify_written(
 ) -> Result<(), FlashError> {
     drop_cache(file, block);
     let len = target_len(file, path)?;
-    let mut buf = Aligned::new(CHUNK);
-    let mut done = 0;
-    for w in written {
-        if w.range.end > len {
-            return Err(FlashError::TooShort {
-                target: path.to_owned(),
-                len,
-                needed: w.range.end,
-            });
-        }
-        let mut hash = Sha256::new();
-        let mut pos = w.range.start;
-        while pos < w.range.end {
-            let n = usize::try_from(w.range.end - pos)
-                .unwrap_or(CHUNK)
-                .min(CHUNK);
-            buf.set_len(n);
-            file.read_exact_at(buf.as_mut(), pos)
-                .map_err(io_err(path))?;
-            hash.update(buf.as_slice());
-            pos += n as u64;
-            done += n as u64;
-            progress.set(done);
-        }
-        let got: [u8; 32] = hash.finalize().into();
-        if got != w.sha256 {
-            return Err(first_difference(src, path, file, &w.range));
-        }
+    if let Some(end) = written.iter().map(|w| w.range.end).max()
+        && end > len
+    {
+        return Err(FlashError::TooShort {
+            target: path.to_owned(),
+            len,
+            needed: end,
+        });
     }
-    Ok(())
+    let bad = std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<(usize, Aligned, bool)>(QUEUE);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Aligned>();
+        let reader = scope.spawn(move || -> Result<(), FlashError> {
+            for (i, w) in written.iter().enumerate() {
+                let mut pos = w.range.start;
+                while pos < w.range.end {
+                    let n = usize::try_from(w.range.end - pos)
+                        .unwrap_or(CHUNK)
+                        .min(CHUNK);
+                    let mut buf = back_rx.try_recv().unwrap_or_else(|_| Aligned::new(CHUNK));
+                    buf.set_len(n);
+                    file.read_exact_at(buf.as_mut(), pos)
+                        .map_err(io_err(path))?;
+                    pos += n as u64;
+                    if tx.send((i, buf, pos == w.range.end)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        });
+        let mut hash = Sha256::new();
+        let mut done = 0;
+        let mut bad = None;
+        for (i, buf, last) in rx {
+            hash.update(buf.as_slice());
+            done += buf.as_slice().len() as u64;
+            progress.set(done);
+            let _ = back_tx.send(buf);
+            if last {
+                let got: [u8; 32] = std::mem::take(&mut hash).finalize().into();
+                if got != written[i].sha256 {
+                    bad = Some(i);
+                    break;
+                }
+            }
+        }
+        match reader.join() {
+            Ok(r) => r.map(|()| bad),
+            Err(_) => Err(FlashError::Io {
+                path: path.to_owned(),
+                source: io::Error::other("the read-back thread failed"),
+            }),
+        }
+    })?;
+    match bad {
+        Some(i) => Err(first_difference(src, path, file, &written[i].range)),
+        None => Ok(()),
+    }
 }
 
 /// The length of a file or block device.
@@ -1001,7 +1145,7 @@ pub fn verify(src: &Source, target: &Path, progress: bool) -> Result<u64, FlashE
         .map_err(io_err(target))?
         .file_type()
         .is_block_device();
-    let read = read_source(src, false, &mut Vec::new())?;
+    let read = read_source(src, false, true, &mut Vec::new())?;
     let total: u64 = read
         .written
         .iter()

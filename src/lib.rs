@@ -7,8 +7,11 @@
 //! [`cmdline`], [`cloudinit`]) are pure functions from text to text, and [`eeprom`] works on the
 //! Pi 4 bootloader EEPROM image's bytes; [`eepromcard`] makes the update files and card from it.
 //! A base image named by URL is downloaded, verified ([`signature`]) and decompressed by [`fetch`]
-//! into the [`cache`]. Release artifacts ([`dist`]) are each node's image compressed through
-//! [`chunked`], whose chunk store in the cache lets nodes share every unchanged chunk.
+//! into the [`cache`]. [`blockmap`] tells which blocks of an image matter (and reads and writes
+//! `.bmap` files), [`devices`] finds disks and applies the safety rules, and [`flash`] writes
+//! images to them and verifies them, showing [`progress`]. Release artifacts ([`dist`]) are
+//! each node's image compressed through [`chunked`], whose chunk store in the cache lets nodes
+//! share every unchanged chunk.
 
 pub mod blockmap;
 pub mod bootfs;

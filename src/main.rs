@@ -138,14 +138,15 @@ enum Command {
         #[command(flatten)]
         sys: SysArgs,
     },
-    /// Write an image to one or more disks (or files), verified; or build nodes straight onto
-    /// disks with `--node NODE DEVICE`.
+    /// Write an image to one or more disks (or files), verified; or build nodes and write them
+    /// to disks with `--node NODE DEVICE`.
     Flash {
-        /// IMAGE DEVICE [DEVICE...] (an .img, .img.xz, .img.gz or .img.zst), or only with --node:
-        /// nothing.
+        /// IMAGE DEVICE [DEVICE...]: an .img, .img.xz, .img.gz or .img.zst and where it goes
+        /// (nothing with --node).
         #[arg(value_name = "IMAGE DEVICE")]
         args: Vec<PathBuf>,
-        /// Build NODE from the base and write it to DEVICE, without an image file (repeatable).
+        /// Build NODE from the base and write it to DEVICE (repeatable); the image is built in a
+        /// temporary directory in the cache and deleted afterwards.
         #[arg(long, num_args = 2, value_names = ["NODE", "DEVICE"])]
         node: Vec<String>,
         /// The base image for --node (.img or .img.xz); overrides the profile's `base`.
@@ -436,6 +437,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pairs.push((image.clone(), vec![PathBuf::from(&pair[1])]));
                 }
                 _keep = Some((built, fetched));
+            }
+            // The same disk twice would get two writers racing each other.
+            let mut seen = std::collections::HashSet::new();
+            for dev in pairs.iter().flat_map(|(_, devs)| devs) {
+                let key = std::fs::canonicalize(dev).unwrap_or_else(|_| dev.clone());
+                if !seen.insert(key) {
+                    bail!("flash: {} is given more than once", dev.display());
+                }
             }
             let root = SysRoot::new(sys.sys_root);
             let mut jobs = Vec::new();
