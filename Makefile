@@ -20,9 +20,13 @@ demo: build
 test:
 	$(CARGO) test --locked --all-targets
 
-# Fetch speed and memory on a generated ~1 GB image served on loopback (not a test).
+# Fetch speed and memory on a generated ~1 GB image served on loopback, flash speed and memory
+# on a generated ~3 GB image against dd and bmaptool, and release artifacts for five nodes
+# against the naive per-node pipeline on a ~3 GB image (BENCH_SIZE_GB) (not tests).
 bench:
 	bench/fetch.sh
+	bench/flash.sh
+	bench/release.sh
 
 clean:
 	$(CARGO) clean

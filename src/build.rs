@@ -63,13 +63,64 @@ struct NodeOverlays {
     eeprom: Option<UpdateFiles>,
 }
 
-/// Build `nodes` of `profile` from the base image. A `.xz` base is decompressed once into a
-/// temporary raw image in the output directory, which every node is then copied from.
+/// One node's finished raw image, still in its temp file beside `<out>/<node>.img`: commit it to
+/// keep it there, or drop it to remove it (after compressing it, say).
+#[derive(Debug)]
+pub struct NodeImage {
+    /// The node.
+    pub node: String,
+    /// The image, complete and unsynced, not yet at its final path.
+    pub output: PendingOutput,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The boot target.
+    pub target: Target,
+    /// The release of the base.
+    pub release: Release,
+}
+
+impl NodeImage {
+    /// Hash the image and rename it to `<out>/<node>.img`.
+    pub fn commit(mut self) -> Result<BuiltImage> {
+        let temp = self.output.temp_path().to_owned();
+        let sha256 =
+            sha256_of(self.output.file()).map_err(|source| Error::Io { path: temp, source })?;
+        let path = self.output.commit()?;
+        Ok(BuiltImage {
+            node: self.node,
+            path,
+            size: self.size,
+            sha256,
+            target: self.target,
+            release: self.release,
+        })
+    }
+}
+
+/// Build `nodes` of `profile` from the base image into `<out>/<node>.img`. A compressed base is
+/// decompressed once into a temporary raw image in the output directory, which every node is
+/// then copied from.
 pub fn build_nodes(
     profile: &Profile,
     nodes: &[&Node],
     opts: &BuildOptions,
 ) -> Result<Vec<BuiltImage>> {
+    let mut built = Vec::new();
+    build_nodes_with(profile, nodes, opts, &mut |img| {
+        built.push(img.commit()?);
+        Ok(())
+    })?;
+    Ok(built)
+}
+
+/// Build `nodes` like [`build_nodes`], handing each finished image to `each` in order, one at a
+/// time (so at most one node's raw image exists at once), instead of committing it.
+pub fn build_nodes_with(
+    profile: &Profile,
+    nodes: &[&Node],
+    opts: &BuildOptions,
+    each: &mut dyn FnMut(NodeImage) -> Result<()>,
+) -> Result<()> {
     let mut overlays = nodes
         .iter()
         .map(|n| load_overlays(profile, n))
@@ -117,11 +168,10 @@ pub fn build_nodes(
         root,
         os_release,
     };
-    let mut built = Vec::new();
     for (node, overlays) in nodes.iter().zip(&overlays) {
-        built.push(build_node(profile, node, overlays, opts, &base)?);
+        each(build_node(profile, node, overlays, opts, &base)?)?;
     }
-    Ok(built)
+    Ok(())
 }
 
 /// An error about a copy of the base (the decompressed base, or a node's image before edits),
@@ -187,7 +237,7 @@ fn build_node(
     overlays: &NodeOverlays,
     opts: &BuildOptions,
     base: &BaseImage,
-) -> Result<BuiltImage> {
+) -> Result<NodeImage> {
     let (raw_base, boot, root) = (base.path, &base.boot, &base.root);
     let target = opts.out_dir.join(format!("{}.img", node.name));
     let mut out = PendingOutput::create(&target)?;
@@ -275,13 +325,10 @@ fn build_node(
         }
     };
 
-    let sha256 = sha256_of(out.file()).map_err(io)?;
-    let path = out.commit()?;
-    Ok(BuiltImage {
+    Ok(NodeImage {
         node: node.name.clone(),
-        path,
+        output: out,
         size,
-        sha256,
         target: node.target,
         release,
     })
@@ -392,11 +439,7 @@ fn sha256_of(file: &mut File) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(crate::fetch::hex(&hasher.finalize()))
 }
 
 /// The base as a raw image file: the base itself, or a temporary decompressed copy (removed on

@@ -246,11 +246,27 @@ impl Cache {
         Ok(())
     }
 
-    /// Remove every image, metadata file, partial download and leftover temp file.
+    /// Remove every image, metadata file, partial download, compressed chunk and leftover temp
+    /// file.
     pub fn clean(&self) -> Result<Cleaned, CacheError> {
         use std::os::unix::fs::MetadataExt;
         let mut cleaned = Cleaned::default();
-        for dir in [self.dir.clone(), self.dir.join("partial")] {
+        // Compressed chunks of release artifacts live in chunks/<codec>-<level>/.
+        let chunks = crate::chunked::ChunkStore::root(&self.dir);
+        let mut dirs = vec![self.dir.clone(), self.dir.join("partial")];
+        match fs::read_dir(&chunks) {
+            Ok(entries) => {
+                for dirent in entries {
+                    let path = dirent.map_err(io_err(&chunks))?.path();
+                    if path.is_dir() {
+                        dirs.push(path);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&chunks)(e)),
+        }
+        for dir in dirs {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -262,9 +278,12 @@ impl Cache {
                 let name = dirent.file_name().to_string_lossy().into_owned();
                 // Only what pi-image itself writes here: never the lock (another run may be
                 // waiting on it) nor files someone else put in the directory.
+                let chunk = dir.starts_with(&chunks)
+                    && [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e));
                 let ours = name.ends_with(".img")
                     || name.ends_with(".toml")
                     || name.ends_with(".part")
+                    || chunk
                     || (name.starts_with('.') && name.ends_with(".tmp"));
                 if !ours || !path.is_file() {
                     continue;

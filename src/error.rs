@@ -37,6 +37,15 @@ pub enum Error {
     /// The image cache could not be read or changed.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// An image's block map could not be made.
+    #[error(transparent)]
+    BlockMap(#[from] crate::blockmap::BlockMapError),
+    /// An image could not be compressed into chunks.
+    #[error(transparent)]
+    Chunk(#[from] crate::chunked::ChunkError),
+    /// The release index files could not be read or written.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Msg(String),

@@ -26,6 +26,8 @@ mod ffi {
     pub type File = *mut c_void;
     /// Directory listing callback: context, name bytes, name length, `EXT2_FT_*` type.
     pub type DirentFn = unsafe extern "C" fn(*mut c_void, *const c_char, usize, c_int);
+    /// Block run callback: context, first block, number of blocks.
+    pub type RunFn = unsafe extern "C" fn(*mut c_void, u64, u64);
 
     /// Mirrors `struct pi_info` in shim.c (all fields 64-bit, so there is no padding to match).
     #[repr(C)]
@@ -86,6 +88,7 @@ mod ffi {
         pub fn pi_file_close(file: File) -> c_long;
         pub fn pi_unlink(fs: Fs, parent: u32, name: *const c_char, ino: u32) -> c_long;
         pub fn pi_list_dir(fs: Fs, dir: u32, f: DirentFn, ctx: *mut c_void) -> c_long;
+        pub fn pi_used_block_runs(fs: Fs, f: RunFn, ctx: *mut c_void) -> c_long;
     }
 }
 
@@ -497,6 +500,30 @@ impl Ext4Fs {
     pub fn free_bytes(&self) -> u64 {
         let info = self.info();
         info.free_blocks.saturating_sub(info.reserved_blocks) * info.block_size
+    }
+
+    /// The filesystem's size in bytes according to its superblock.
+    pub fn size_bytes(&self) -> u64 {
+        let info = self.info();
+        info.blocks_count.saturating_mul(info.block_size)
+    }
+
+    /// The runs of blocks in use, as byte ranges relative to the start of the filesystem,
+    /// ascending: everything the block bitmaps mark (metadata, journal and inode tables
+    /// included), plus the boot block area in front of the first data block.
+    pub fn used_byte_ranges(&self) -> Result<Vec<std::ops::Range<u64>>, Ext4Error> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        // SAFETY: self.fs is live; `runs` outlives the call and push_run only appends to it.
+        let code =
+            unsafe { ffi::pi_used_block_runs(self.fs, push_run, (&raw mut runs).cast::<c_void>()) };
+        if code != 0 {
+            return Err(self.lib_err("/", "reading the block bitmaps", code));
+        }
+        let bs = self.block_size;
+        // Bytes 0..1024 lie outside the bitmaps when blocks are 1 KiB (first data block 1).
+        let mut out = vec![0..1024];
+        out.extend(runs.iter().map(|&(first, n)| first * bs..(first + n) * bs));
+        Ok(out)
     }
 
     /// Writes everything out and closes the filesystem.
@@ -1003,6 +1030,16 @@ unsafe extern "C" fn push_entry(ctx: *mut c_void, name: *const c_char, len: usiz
         name: String::from_utf8_lossy(bytes).into_owned(),
         kind,
     });
+}
+
+/// The `pi_used_block_runs` callback: appends one (first block, count) run.
+///
+/// # Safety
+/// `ctx` must point to a live `Vec<(u64, u64)>` not otherwise borrowed.
+unsafe extern "C" fn push_run(ctx: *mut c_void, first: u64, count: u64) {
+    // SAFETY: guaranteed by the caller (used_byte_ranges passes its own Vec).
+    let runs = unsafe { &mut *ctx.cast::<Vec<(u64, u64)>>() };
+    runs.push((first, count));
 }
 
 fn list_features(bits: u64, names: &[(u64, &str)], class: &str, out: &mut Vec<String>) {

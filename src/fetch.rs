@@ -11,24 +11,23 @@
 
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::cache::{self, Cache, CacheError, CacheLock, Entry, Metadata};
 use crate::image::{self, Format, PendingOutput};
 use crate::profile::{BaseSpec, RemoteBase};
+use crate::progress::Progress;
 use crate::signature;
 
 /// `SHA256SUMS` files are a few KiB; anything much larger is not one.
 const SUMS_MAX: u64 = 1 << 20;
 /// Read buffer between the network and the decoder.
 const NET_BUF: usize = 1 << 20;
-/// Plain progress lines (when stderr is not a terminal) at most this often.
-const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Errors fetching a base image. Each names the URL or file it is about.
 #[derive(Debug, thiserror::Error)]
@@ -614,7 +613,7 @@ impl Read for Decoded {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -694,7 +693,14 @@ fn download(
         part_error: None,
         decode_error: None,
         raw_hasher: Sha256::new(),
-        progress: Progress::new(remote.file_name(), total, opts.progress),
+        progress: Progress::new(
+            "fetching",
+            "received",
+            remote.file_name(),
+            total,
+            opts.progress,
+            None,
+        ),
     }));
     let mut tee = Tee {
         replay,
@@ -788,82 +794,6 @@ fn content_range_start(resp: &reqwest::blocking::Response) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// Download progress on stderr: an indicatif bar on a terminal, a plain line every few seconds
-/// otherwise (CI logs would fill with bar redraws).
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    plain: bool,
-    name: String,
-    total: Option<u64>,
-    start: Instant,
-    last_line: Instant,
-    pos: u64,
-}
-
-impl Progress {
-    fn new(name: &str, total: Option<u64>, show: bool) -> Progress {
-        let tty = show && io::stderr().is_terminal();
-        let bar = tty.then(|| {
-            let bar = match total {
-                Some(t) => indicatif::ProgressBar::new(t),
-                None => indicatif::ProgressBar::no_length(),
-            };
-            let style = indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar.set_message(name.to_string());
-            bar
-        });
-        let now = Instant::now();
-        Progress {
-            bar,
-            plain: show && !tty,
-            name: name.to_string(),
-            total,
-            start: now,
-            last_line: now,
-            pos: 0,
-        }
-    }
-
-    fn set(&mut self, pos: u64) {
-        self.pos = pos;
-        if let Some(bar) = &self.bar {
-            bar.set_position(pos);
-        } else if self.plain && self.last_line.elapsed() >= PLAIN_PROGRESS_EVERY {
-            self.last_line = Instant::now();
-            eprintln!("pi-image: fetching {}: {}", self.name, self.line());
-        }
-    }
-
-    fn line(&self) -> String {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        let rate = mib(self.pos) / secs;
-        match self.total {
-            Some(t) if t > 0 => format!(
-                "{:.1} of {:.1} MiB ({:.0}%), {rate:.1} MiB/s",
-                mib(self.pos),
-                mib(t),
-                self.pos as f64 * 100.0 / t as f64
-            ),
-            _ => format!("{:.1} MiB, {rate:.1} MiB/s", mib(self.pos)),
-        }
-    }
-
-    /// Clear the bar; in plain mode say how it went when the whole file arrived.
-    fn finish(&mut self, complete: bool) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        } else if self.plain && complete {
-            eprintln!("pi-image: received {}: {}", self.name, self.line());
-        }
-    }
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ pub enum Format {
     Xz,
     /// `.gz` (flate2; concatenated members are decoded as one).
     Gzip,
-    /// `.zst` (ruzstd; concatenated frames are decoded as one).
+    /// `.zst` (libzstd; concatenated frames are decoded as one).
     Zstd,
     /// Not compressed: a raw disk image.
     Raw,
@@ -144,18 +144,15 @@ impl<R: BufRead> OneStream<R> for liblzma::bufread::XzDecoder<R> {
     }
 }
 
-impl<R: BufRead> OneStream<R>
-    for ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>
-{
+impl<R: BufRead> OneStream<R> for zstd::stream::read::Decoder<'static, R> {
     const NUL_PADDING: bool = false;
 
     fn start(reader: R) -> io::Result<Self> {
-        ruzstd::decoding::StreamingDecoder::new(reader)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        Ok(zstd::stream::read::Decoder::with_buffer(reader)?.single_frame())
     }
 
     fn finish(self) -> R {
-        self.into_inner()
+        zstd::stream::read::Decoder::finish(self)
     }
 }
 
@@ -208,8 +205,7 @@ impl<R: BufRead, D: OneStream<R>> Read for Concatenated<R, D> {
 /// `.xz` input: every stream, each decoded on all cores.
 type XzStreams<R> = Concatenated<R, liblzma::bufread::XzDecoder<R>>;
 /// `.zst` input: every frame.
-type ZstdFrames<R> =
-    Concatenated<R, ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>;
+type ZstdFrames<R> = Concatenated<R, zstd::stream::read::Decoder<'static, R>>;
 
 /// Copy `src` into `dst` from its current position, leaving holes where whole 4 KiB blocks are
 /// zero, and set `dst`'s length to what was copied. Returns the number of bytes copied.

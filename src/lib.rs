@@ -7,20 +7,29 @@
 //! [`cmdline`], [`cloudinit`]) are pure functions from text to text, and [`eeprom`] works on the
 //! Pi 4 bootloader EEPROM image's bytes; [`eepromcard`] makes the update files and card from it.
 //! A base image named by URL is downloaded, verified ([`signature`]) and decompressed by [`fetch`]
-//! into the [`cache`].
+//! into the [`cache`]. [`blockmap`] tells which blocks of an image matter (and reads and writes
+//! `.bmap` files), [`devices`] finds disks and applies the safety rules, and [`flash`] writes
+//! images to them and verifies them, showing [`progress`]. Release artifacts ([`dist`]) are
+//! each node's image compressed through [`chunked`], whose chunk store in the cache lets nodes
+//! share every unchanged chunk.
 
+pub mod blockmap;
 pub mod bootfs;
 pub mod build;
 pub mod cache;
 pub mod calendar;
+pub mod chunked;
 pub mod cloudinit;
 pub mod cmdline;
 pub mod configtxt;
+pub mod devices;
+pub mod dist;
 pub mod eeprom;
 pub mod eepromcard;
 pub mod error;
 pub mod ext4;
 pub mod fetch;
+pub mod flash;
 pub mod image;
 pub mod inspect;
 pub mod overlay;
@@ -28,6 +37,7 @@ pub mod partition;
 pub mod partview;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod release;
 pub mod signature;
 pub mod sshkey;

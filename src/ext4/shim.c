@@ -430,3 +430,40 @@ int pi_is_not_found(long code)
 {
 	return code == EXT2_ET_FILE_NOT_FOUND || code == EXT2_ET_NO_DIRECTORY;
 }
+
+typedef void (*pi_run_fn)(void *ctx, uint64_t first, uint64_t count);
+
+/*
+ * Calls fn once per run of blocks marked in use in the block bitmaps, in ascending order.
+ * ext2fs_read_block_bitmap also marks the metadata of BLOCK_UNINIT groups (superblock backups,
+ * descriptors, bitmaps, inode tables), so every block e2fsck reads is reported.
+ */
+long pi_used_block_runs(ext2_filsys fs, pi_run_fn fn, void *ctx)
+{
+	blk64_t start = fs->super->s_first_data_block;
+	blk64_t end = ext2fs_blocks_count(fs->super) - 1;
+	errcode_t err;
+
+	if (!fs->block_map) {
+		err = ext2fs_read_block_bitmap(fs);
+		if (err)
+			return err;
+	}
+	while (start <= end) {
+		blk64_t first, stop;
+
+		err = ext2fs_find_first_set_block_bitmap2(fs->block_map, start, end, &first);
+		if (err == ENOENT)
+			break;
+		if (err)
+			return err;
+		err = ext2fs_find_first_zero_block_bitmap2(fs->block_map, first, end, &stop);
+		if (err == ENOENT)
+			stop = end + 1;
+		else if (err)
+			return err;
+		fn(ctx, first, stop - first);
+		start = stop;
+	}
+	return 0;
+}

@@ -148,3 +148,144 @@ pub fn yaml_eval(text: &str, expr: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
+
+/// Nodes of the demo profile (`profiles/cluster.toml`) built once per test process from the
+/// compressed fixture: `dir/<node>.img` for pi1 and pi3, and `dir/gpt/pi3.img` with a GPT.
+pub fn demo_images() -> &'static Path {
+    static OUT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &OUT.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let xz = fixture_xz();
+        pi_image_ok(
+            &repo(),
+            &[
+                "build", "--node", "pi1", "--node", "pi3", "--base",
+                xz.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            ],
+        );
+        let profile = dir.path().join("gpt.toml");
+        std::fs::write(
+            &profile,
+            format!(
+                "[cluster]\nname = \"testcluster\"\nbase = \"{}\"\n\n[defaults]\ntarget = \"ssd\"\npartition_table = \"gpt\"\n\n[[nodes]]\nname = \"pi3\"\n",
+                xz.display()
+            ),
+        )
+        .unwrap();
+        let gpt = out.join("gpt");
+        pi_image_ok(
+            &repo(),
+            &[
+                "--profile", profile.to_str().unwrap(), "build", "--all", "--out",
+                gpt.to_str().unwrap(),
+            ],
+        );
+        (dir, out)
+    })
+    .1
+}
+
+/// Fill `path` with `len` bytes of pseudo-random garbage (what a used card holds).
+pub fn garbage_file(path: &Path, len: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+        let n = (buf.len() as u64).min(left) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+/// The block ranges of a `.bmap` file as byte ranges, parsed by Python's XML parser (not ours).
+pub fn bmap_ranges(bmap: &Path) -> Vec<(u64, u64)> {
+    let script = r#"
+import sys, xml.etree.ElementTree as ET
+r = ET.parse(sys.argv[1]).getroot()
+bs = int(r.find('BlockSize').text); size = int(r.find('ImageSize').text)
+for e in r.find('BlockMap').findall('Range'):
+    t = e.text.strip().split('-')
+    a, b = int(t[0]), int(t[-1])
+    print(a * bs, min((b + 1) * bs, size))
+"#;
+    let (ok, out, err) = run("python3", &["-c", script, bmap.to_str().unwrap()]);
+    assert!(ok, "python3 could not parse {}: {err}", bmap.display());
+    out.lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `cmp` byte ranges `ranges` of files `a` and `b` (same offsets), asserting they are equal.
+pub fn cmp_ranges(a: &Path, b: &Path, ranges: &[(u64, u64)]) {
+    for &(start, end) in ranges {
+        let skip = format!("{start}:{start}");
+        let n = (end - start).to_string();
+        let (ok, out, err) = run(
+            "cmp",
+            &[
+                "-i",
+                &skip,
+                "-n",
+                &n,
+                a.to_str().unwrap(),
+                b.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            ok,
+            "cmp {start}..{end} of {} and {}: {out}{err}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// (start, size) in bytes of each partition of `img`, from `sfdisk --dump`.
+pub fn sfdisk_partitions(img: &Path) -> Vec<(u64, u64)> {
+    let (ok, out, err) = run("sfdisk", &["--dump", img.to_str().unwrap()]);
+    assert!(ok, "sfdisk --dump {}: {err}", img.display());
+    let field = |line: &str, key: &str| -> u64 {
+        let rest = &line[line.find(key).unwrap() + key.len()..];
+        rest.trim_start_matches([' ', '='])
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 512
+    };
+    out.lines()
+        .filter(|l| l.contains("start="))
+        .map(|l| (field(l, "start="), field(l, "size=")))
+        .collect()
+}
+
+/// Judge the FAT and ext4 filesystems of the disk image `img` (partitions 1 and 2) with
+/// `fsck.fat -n` and `e2fsck -fn`, on copies extracted into `tmp`.
+pub fn fsck_partitions(img: &Path, tmp: &Path) {
+    let parts = sfdisk_partitions(img);
+    assert!(parts.len() >= 2, "{}: {parts:?}", img.display());
+    let boot = tmp.join("boot.part");
+    let root = tmp.join("root.part");
+    extract(img, parts[0].0, parts[0].1, &boot);
+    extract(img, parts[1].0, parts[1].1, &root);
+    let (ok, out, err) = run("fsck.fat", &["-n", boot.to_str().unwrap()]);
+    assert!(ok, "fsck.fat -n on {}: {out}{err}", img.display());
+    let (ok, out, err) = run("e2fsck", &["-fn", root.to_str().unwrap()]);
+    assert!(ok, "e2fsck -fn on {}: {out}{err}", img.display());
+    std::fs::remove_file(boot).unwrap();
+    std::fs::remove_file(root).unwrap();
+}

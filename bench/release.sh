@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# `make bench`, part 2: release artifacts for the five demo nodes on a large image, against the
+# naive pipeline a user would script (per node: copy the base and patch it, i.e. our raw
+# `pi-image build --node`, then `xz -T2 -6`), side by side in one run. Prints both times, their
+# ratio, the cost of each node after the first, the size against one single-stream `xz -6` of
+# the same image, pi-image's peak RSS, and the raw build time against `cp --sparse=always` of the
+# base; writes the table to bench/RESULTS.md. Not a test: numbers only.
+#
+# BENCH_SIZE_GB (default 3) is the image size; two thirds of it is data in the ext4 root (files
+# from /usr, like binaries and text, plus a quarter random bytes, like already-compressed
+# files), the rest boot partition and free space. The full size takes long on two cores
+# (the naive pipeline compresses the whole image five times).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_GB=${BENCH_SIZE_GB:-3}
+THREADS=${XZ_THREADS:-2}
+
+cargo build --release --locked --quiet
+bin="$PWD/${CARGO_TARGET_DIR:-target}/release/pi-image"
+nodes=(pi1 pi2 pi3 pi4 pi5)
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+
+# --- the bench image: the fixture's layout with a large root filesystem full of data ----------
+size_mb=$(echo "$SIZE_GB * 1024 / 1" | bc)
+root_mb=$((size_mb - 257))
+data_mb=$((size_mb * 2 / 3))
+echo "bench: making a ${size_mb} MiB image with ${data_mb} MiB of data in its root filesystem"
+mkdir -p "$work/extra/opt/bench/usr" "$work/extra/opt/bench/random"
+find /usr -xdev -type f -size +16k -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null \
+  | head -c "$((data_mb * 3 / 4 << 20))" | (cd "$work/extra/opt/bench/usr" && split -b 4M - f) || true
+head -c "$((data_mb / 4 << 20))" /dev/urandom | (cd "$work/extra/opt/bench/random" && split -b 4M - f)
+ROOT_MB=$root_mb EXTRA_TREE="$work/extra" TMPDIR="$work" tests/fixtures/make-base.sh "$work/bench.img"
+rm -rf "$work/extra"
+ls -ls "$work/bench.img"
+base="$work/bench.img"
+
+# --- raw build against cp --sparse=always of the base ---------------------------------------
+cat "$base" >/dev/null # both read the base from the page cache
+sync
+t=$(now); cp --sparse=always "$base" "$work/cp.img"; sync; cp_s=$(since "$t")
+rm "$work/cp.img"
+t=$(now); "$bin" build --node pi1 --base "$base" --out "$work/rawbuild" >/dev/null; sync; raw_s=$(since "$t")
+raw_bytes=$(stat -c %s "$work/rawbuild/pi1.img")
+
+# --- single-stream xz -6 of one node, for the size comparison --------------------------------
+echo "bench: xz -6 -T1 of pi1 (single stream, for the size ratio)"
+single_bytes=$(xz -6 -T1 -c "$work/rawbuild/pi1.img" | wc -c)
+rm -rf "$work/rawbuild"
+
+# --- naive: per node, raw build (copy + patch) then xz -T2 -6 ---------------------------------
+echo "bench: naive pipeline"
+sync
+t=$(now)
+for n in "${nodes[@]}"; do
+  "$bin" build --node "$n" --base "$base" --out "$work/naive" >/dev/null
+  xz -T"$THREADS" -6 "$work/naive/$n.img"
+done
+sync
+naive_s=$(since "$t")
+naive_bytes=$(stat -c %s "$work/naive/pi1.img.xz")
+rm -rf "$work/naive"
+
+# --- pi-image build --all --compress xz, empty chunk cache -----------------------------------
+echo "bench: pi-image build --all --compress xz"
+sync
+t=$(now)
+/usr/bin/time -v -o "$work/time.txt" "$bin" build --all --compress xz --base "$base" \
+  --out "$work/dist" --cache-dir "$work/cache" > "$work/ours.txt"
+sync
+ours_s=$(since "$t")
+cat "$work/ours.txt"
+rss_kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/time.txt")
+ours_bytes=$(stat -c %s "$work/dist/pi1.img.xz")
+# Each summary line ends in "<seconds> s".
+node_s=($(awk '/ chunks /{print $(NF-1)}' "$work/ours.txt"))
+first_s=${node_s[0]}
+extra_s=$(printf '%s\n' "${node_s[@]:1}" | awk '{s+=$1} END {printf "%.2f", s/NR}')
+(cd "$work/dist" && sha256sum -c --quiet SHA256SUMS)
+
+ratio() { printf '%.3f' "$(echo "$1 / $2" | bc -l)"; }
+secs() { printf '%.1f' "$1"; }
+cores=$(nproc)
+date=$(date -u +%Y-%m-%d)
+table=$(cat <<EOF
+| measure | value | target |
+|---|---|---|
+| image | ${size_mb} MiB raw, ${data_mb} MiB data | |
+| naive total (5 × raw build + \`xz -T$THREADS -6\`) | $(secs "$naive_s") s | |
+| pi-image \`build --all --compress xz\` total | $(secs "$ours_s") s | |
+| total, pi-image / naive | $(ratio "$ours_s" "$naive_s") | ≤ 0.33 |
+| first node | ${first_s} s | |
+| each further node (mean) | $(secs "$extra_s") s | |
+| further node / first node | $(ratio "$extra_s" "$first_s") | ≤ 0.10 |
+| pi-image peak RSS | $((rss_kb / 1024)) MiB | ≤ 256 MiB |
+| pi1.img.xz size: pi-image (32 MiB chunks) | ${ours_bytes} B | |
+| pi1.img.xz size: single-stream \`xz -6 -T1\` | ${single_bytes} B | |
+| size, pi-image / single stream | $(ratio "$ours_bytes" "$single_bytes") | < 1.02 |
+| size, naive \`xz -T$THREADS -6\` / single stream | $(ratio "$naive_bytes" "$single_bytes") | |
+| raw build of one node (\`build --node pi1\`, ${raw_bytes} B) | $(secs "$raw_s") s | |
+| \`cp --sparse=always\` of the base | $(secs "$cp_s") s | |
+| raw build / cp | $(ratio "$raw_s" "$cp_s") | ≤ 1.1 |
+EOF
+)
+echo
+echo "$table"
+{
+  echo "# make bench: release artifacts (bench/release.sh)"
+  echo
+  echo "$date, $cores cores, BENCH_SIZE_GB=$SIZE_GB. Regenerate with \`BENCH_SIZE_GB=$SIZE_GB bench/release.sh\`."
+  echo
+  echo "$table"
+} > bench/RESULTS.md
+echo "bench: written to bench/RESULTS.md"

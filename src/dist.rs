@@ -1,0 +1,450 @@
+//! Release artifacts: `pi-image build --compress` writes, per node, `<node>.img.<ext>` and its
+//! block map `<node>.img.bmap` (bmaptool's format) into the output directory, plus for the set
+//! `SHA256SUMS` (Ubuntu's format, `<sha256> *<file>`, covering both) and `os_list.json` (a
+//! Raspberry Pi Imager custom repository). `--shard K/N` builds every N-th node.
+//!
+//! Each node's raw image is built in a temp file beside its final name, compressed through the
+//! [`chunked`](crate::chunked) chunk store and removed: the raw images do not stay in the output
+//! directory. The index files are rewritten after every run and keep the entries of artifacts
+//! built by earlier runs (other shards) whose files are still in the directory, so shards run one
+//! after another into one directory end with a complete index.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::Result;
+use crate::blockmap::BlockMap;
+use crate::build::{self, BuildOptions};
+use crate::calendar::UtcDateTime;
+use crate::chunked::{self, ChunkStore, Compressed};
+use crate::image::PendingOutput;
+use crate::profile::{Node, Profile, Target};
+use crate::release::Release;
+
+/// The checksum file, in the format of Ubuntu's (`<sha256> *<file>`, one line per file).
+pub const SHA256SUMS: &str = "SHA256SUMS";
+/// The Raspberry Pi Imager repository file.
+pub const OS_LIST: &str = "os_list.json";
+
+/// Errors reading or writing the index files.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// I/O on a named file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// An index file could not be written or moved into place.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// An existing index file is not what pi-image writes.
+    #[error("{}: {reason} (remove it to start a new index)", path.display())]
+    Index {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DistError + '_ {
+    move |source| DistError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `--shard K/N`: this run builds nodes K, K+N, K+2N, ... of the profile (1-based, file order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// K, from 1 to `count`.
+    pub index: usize,
+    /// N, at least 1.
+    pub count: usize,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Shard, String> {
+        let expected = || format!("'{s}' is not a shard (expected K/N with 1 <= K <= N, e.g. 2/4)");
+        let number = |t: &str| {
+            // Digits only, no sign, no leading zero: "2/4" and nothing that merely parses as it.
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) || t.starts_with('0') {
+                return None;
+            }
+            t.parse::<usize>().ok()
+        };
+        let (k, n) = s.split_once('/').ok_or_else(expected)?;
+        match (number(k), number(n)) {
+            (Some(index), Some(count)) if index <= count => Ok(Shard { index, count }),
+            _ => Err(expected()),
+        }
+    }
+}
+
+impl Shard {
+    /// The items this shard takes: positions K-1, K-1+N, ... of `items`.
+    pub fn select<'a, T>(&self, items: &[&'a T]) -> Vec<&'a T> {
+        items
+            .iter()
+            .skip(self.index - 1)
+            .step_by(self.count)
+            .copied()
+            .collect()
+    }
+}
+
+/// One node's compressed image in the output directory.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// The node.
+    pub node: String,
+    /// The compressed file and its sizes and hashes.
+    pub compressed: Compressed,
+    /// The block map, `<node>.img.bmap`.
+    pub bmap: PathBuf,
+    /// Its sha256, hex.
+    pub bmap_sha256: String,
+    /// Wall time this node took: building, compressing and mapping it (the first node's also
+    /// includes reading the base and the overlays).
+    pub elapsed: std::time::Duration,
+    /// The boot target.
+    pub target: Target,
+    /// The release of the base.
+    pub release: Release,
+}
+
+/// An `os_list.json` entry, with the fields Raspberry Pi Imager reads for a custom image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsEntry {
+    /// Shown in the OS list.
+    pub name: String,
+    /// Shown under the name.
+    pub description: String,
+    /// The compressed image, relative to `os_list.json`.
+    pub url: String,
+    /// Size of the decompressed image in bytes.
+    pub extract_size: u64,
+    /// sha256 of the decompressed image, hex.
+    pub extract_sha256: String,
+    /// Size of the compressed file in bytes.
+    pub image_download_size: u64,
+    /// sha256 of the compressed file, hex.
+    pub image_download_sha256: String,
+    /// `YYYY-MM-DD`, from `SOURCE_DATE_EPOCH`.
+    pub release_date: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OsList {
+    os_list: Vec<OsEntry>,
+}
+
+/// Build `nodes` of `profile` and compress each into `<out>/<node>.img.<ext>` with the chunks of
+/// `store` (missing ones compressed on `jobs` threads), calling `report` after each node; then
+/// rewrite `SHA256SUMS` and `os_list.json` in the output directory.
+pub fn build_artifacts(
+    profile: &Profile,
+    nodes: &[&Node],
+    opts: &BuildOptions,
+    store: &ChunkStore,
+    jobs: usize,
+    report: &mut dyn FnMut(&Artifact),
+) -> Result<Vec<Artifact>> {
+    // A broken index in the output directory fails now, not after every node was compressed.
+    read_sums(&opts.out_dir.join(SHA256SUMS))?;
+    read_os_list(&opts.out_dir.join(OS_LIST))?;
+    let ext = store.compression().codec.extension();
+    let mut artifacts = Vec::new();
+    let mut since = std::time::Instant::now();
+    build::build_nodes_with(profile, nodes, opts, &mut |img| {
+        let out = opts.out_dir.join(format!("{}.img.{ext}", img.node));
+        // Dropping `img` afterwards removes the raw temp image.
+        let raw = img.output.temp_path();
+        let compressed = chunked::compress_image(raw, &out, store, jobs)?;
+        let bmap = opts.out_dir.join(format!("{}.img.bmap", img.node));
+        let bmap_sha256 = write_bmap(raw, &bmap)?;
+        let artifact = Artifact {
+            node: img.node,
+            compressed,
+            bmap,
+            bmap_sha256,
+            elapsed: since.elapsed(),
+            target: img.target,
+            release: img.release,
+        };
+        report(&artifact);
+        artifacts.push(artifact);
+        since = std::time::Instant::now();
+        Ok(())
+    })?;
+    let entries = artifacts
+        .iter()
+        .map(|a| os_entry(profile, a, opts.epoch))
+        .collect::<Vec<_>>();
+    let bmaps = artifacts
+        .iter()
+        .map(|a| (file_name(&a.bmap), a.bmap_sha256.clone()))
+        .collect::<Vec<_>>();
+    write_index(&opts.out_dir, &entries, &bmaps)?;
+    Ok(artifacts)
+}
+
+/// Write the block map of the raw image `raw` to `out`; returns its sha256.
+fn write_bmap(raw: &Path, out: &Path) -> Result<String> {
+    let map = BlockMap::of_image(raw)?;
+    // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
+    let mut text = Vec::new();
+    map.write_bmap(raw, &mut text)?;
+    write_atomic(out, &text)?;
+    Ok(crate::fetch::hex(&sha2::Sha256::digest(&text)))
+}
+
+/// The `os_list.json` entry for `a`.
+fn os_entry(profile: &Profile, a: &Artifact, epoch: i64) -> OsEntry {
+    let c = &a.compressed;
+    let mut description = a.node.clone();
+    if let Some(node) = profile.node(&a.node) {
+        description = match &node.domain {
+            Some(d) => format!("{}.{d}", node.hostname),
+            None => node.hostname.clone(),
+        };
+        if let Some(net) = &node.network {
+            description.push_str(&format!(" {}/{}", net.address, net.prefix_len));
+        }
+    }
+    description.push_str(&format!(
+        ", boots from {}; {}; cluster {}",
+        match a.target {
+            Target::Sd => "SD card",
+            Target::Ssd => "USB SSD",
+        },
+        a.release,
+        profile.cluster
+    ));
+    OsEntry {
+        name: format!("{} {}", profile.cluster, a.node),
+        description,
+        url: file_name(&c.path),
+        extract_size: c.raw_size,
+        extract_sha256: c.raw_sha256.clone(),
+        image_download_size: c.size,
+        image_download_sha256: c.sha256.clone(),
+        release_date: {
+            let d = UtcDateTime::from_unix(epoch);
+            format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+        },
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Rewrite `<dir>/SHA256SUMS` and `<dir>/os_list.json` with `entries` (and, in SHA256SUMS only,
+/// the (file, sha256) pairs of `other_files`), keeping the existing entries for other files that
+/// are still in `dir`. Both are sorted by file name.
+pub fn write_index(
+    dir: &Path,
+    entries: &[OsEntry],
+    other_files: &[(String, String)],
+) -> Result<(), DistError> {
+    let sums_path = dir.join(SHA256SUMS);
+    let list_path = dir.join(OS_LIST);
+    let still_there = |file: &str| !file.contains('/') && dir.join(file).is_file();
+
+    let mut sums: BTreeMap<String, String> = read_sums(&sums_path)?
+        .into_iter()
+        .filter(|(file, _)| still_there(file))
+        .collect();
+    let mut list: BTreeMap<String, OsEntry> = read_os_list(&list_path)?
+        .into_iter()
+        .filter(|e| still_there(&e.url))
+        .map(|e| (e.url.clone(), e))
+        .collect();
+    for e in entries {
+        sums.insert(e.url.clone(), e.image_download_sha256.clone());
+        list.insert(e.url.clone(), e.clone());
+    }
+    sums.extend(other_files.iter().cloned());
+
+    let text: String = sums
+        .iter()
+        .map(|(file, sha)| format!("{sha} *{file}\n"))
+        .collect();
+    write_atomic(&sums_path, text.as_bytes())?;
+    let json = serde_json::to_string_pretty(&OsList {
+        os_list: list.into_values().collect(),
+    })
+    .map_err(|e| DistError::Index {
+        path: list_path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(&list_path, format!("{json}\n").as_bytes())
+}
+
+/// The (file, sha256) pairs of an existing `SHA256SUMS`; none if there is no such file.
+fn read_sums(path: &Path) -> Result<Vec<(String, String)>, DistError> {
+    let Some(text) = read_existing(path)? else {
+        return Ok(Vec::new());
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let parsed = line.split_once(' ').and_then(|(sha, rest)| {
+                let file = rest.strip_prefix('*').or_else(|| rest.strip_prefix(' '))?;
+                (crate::cache::is_sha256(sha) && !file.is_empty())
+                    .then(|| (file.to_string(), sha.to_string()))
+            });
+            parsed.ok_or_else(|| DistError::Index {
+                path: path.to_owned(),
+                reason: format!(
+                    "line {}: '{line}' is not a checksum line (expected '<64 hex digits> *<file>')",
+                    i + 1
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The entries of an existing `os_list.json`; none if there is no such file.
+fn read_os_list(path: &Path) -> Result<Vec<OsEntry>, DistError> {
+    let Some(text) = read_existing(path)? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str::<OsList>(&text)
+        .map(|l| l.os_list)
+        .map_err(|e| DistError::Index {
+            path: path.to_owned(),
+            reason: format!(
+                "{e} (expected {{\"os_list\": [...]}} with name, description, url, extract_size, \
+                 extract_sha256, image_download_size, image_download_sha256 and release_date in \
+                 every entry)"
+            ),
+        })
+}
+
+fn read_existing(path: &Path) -> Result<Option<String>, DistError> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistError> {
+    let mut out = PendingOutput::create(path)?;
+    out.file()
+        .write_all(bytes)
+        .map_err(io_err(out.temp_path()))?;
+    out.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_strictly() {
+        assert_eq!("2/4".parse(), Ok(Shard { index: 2, count: 4 }));
+        assert_eq!("1/1".parse(), Ok(Shard { index: 1, count: 1 }));
+        for bad in [
+            "0/4", "5/4", "2/0", "2", "/4", "2/", "02/4", "+2/4", "2 /4", "a/b", "2/4/1", "",
+        ] {
+            let err = bad.parse::<Shard>().unwrap_err();
+            assert!(err.contains("expected K/N"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn shards_cover_every_item_once() {
+        let items: Vec<usize> = (0..7).collect();
+        let refs: Vec<&usize> = items.iter().collect();
+        let mut seen = Vec::new();
+        for k in 1..=3 {
+            seen.extend(
+                Shard { index: k, count: 3 }
+                    .select(&refs)
+                    .into_iter()
+                    .copied(),
+            );
+        }
+        seen.sort();
+        assert_eq!(seen, items);
+        assert_eq!(Shard { index: 2, count: 3 }.select(&refs), vec![&1, &4]);
+    }
+
+    fn entry(url: &str, sha: char) -> OsEntry {
+        OsEntry {
+            name: url.into(),
+            description: "d".into(),
+            url: url.into(),
+            extract_size: 2,
+            extract_sha256: "e".repeat(64),
+            image_download_size: 1,
+            image_download_sha256: sha.to_string().repeat(64),
+            release_date: "2022-09-01".into(),
+        }
+    }
+
+    #[test]
+    fn index_keeps_other_files_still_present_and_drops_gone_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.img.xz", "b.img.xz", "c.img.xz"] {
+            fs::write(dir.path().join(f), "x").unwrap();
+        }
+        write_index(
+            dir.path(),
+            &[entry("b.img.xz", 'b'), entry("c.img.xz", 'c')],
+            &[],
+        )
+        .unwrap();
+        fs::remove_file(dir.path().join("c.img.xz")).unwrap();
+        write_index(dir.path(), &[entry("a.img.xz", 'a')], &[]).unwrap();
+        let sums = fs::read_to_string(dir.path().join(SHA256SUMS)).unwrap();
+        assert_eq!(
+            sums,
+            format!(
+                "{} *a.img.xz\n{} *b.img.xz\n",
+                "a".repeat(64),
+                "b".repeat(64)
+            )
+        );
+        let list: OsList =
+            serde_json::from_str(&fs::read_to_string(dir.path().join(OS_LIST)).unwrap()).unwrap();
+        let urls: Vec<_> = list.os_list.iter().map(|e| e.url.as_str()).collect();
+        assert_eq!(urls, ["a.img.xz", "b.img.xz"]);
+    }
+
+    #[test]
+    fn a_broken_index_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(SHA256SUMS), "not a checksum\n").unwrap();
+        let err = write_index(dir.path(), &[], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("SHA256SUMS: line 1") && err.contains("expected"),
+            "{err}"
+        );
+        fs::remove_file(dir.path().join(SHA256SUMS)).unwrap();
+        fs::write(dir.path().join(OS_LIST), "{\"os_list\": [{\"name\": 1}]}").unwrap();
+        let err = write_index(dir.path(), &[], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("os_list.json") && err.contains("expected"),
+            "{err}"
+        );
+    }
+}
