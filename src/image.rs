@@ -185,13 +185,15 @@ impl<R: BufRead, D: OneStream<R>> Read for Concatenated<R, D> {
             let Some(mut reader) = self.idle.take() else {
                 return Ok(0);
             };
-            while D::NUL_PADDING {
-                let head = reader.fill_buf()?;
-                let zeros = head.iter().take_while(|&&b| b == 0).count();
-                let more_padding = zeros > 0 && zeros == head.len();
-                reader.consume(zeros);
-                if !more_padding {
-                    break;
+            if D::NUL_PADDING {
+                loop {
+                    let head = reader.fill_buf()?;
+                    let zeros = head.iter().take_while(|&&b| b == 0).count();
+                    let more_padding = zeros > 0 && zeros == head.len();
+                    reader.consume(zeros);
+                    if !more_padding {
+                        break;
+                    }
                 }
             }
             if reader.fill_buf()?.is_empty() {

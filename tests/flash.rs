@@ -10,18 +10,8 @@ use std::process::Command;
 
 use common::{
     bmap_ranges, cmp_ranges, demo_images, fixture_raw, fixture_xz, fsck_partitions, garbage_file,
-    pi_image, pi_image_ok, repo, run, run_ok,
+    pi_image, pi_image_ok, repo, run, run_ok, s, sha256,
 };
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn sha256(p: &Path) -> String {
-    let (ok, out, err) = run("sha256sum", &[s(p)]);
-    assert!(ok, "{err}");
-    out.split_whitespace().next().unwrap().to_owned()
-}
 
 /// `img` compressed with `tool` (xz, gzip or zstd) into `dir`.
 fn compressed(img: &Path, dir: &Path, tool: &str, ext: &str) -> PathBuf {

@@ -11,18 +11,8 @@ use std::process::Command;
 
 use common::{
     bmap_ranges, cmp_ranges, demo_images, fsck_partitions, garbage_file, pi_image, pi_image_ok,
-    repo, run,
+    repo, run, s, sha256,
 };
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn sha256(p: &Path) -> String {
-    let (ok, out, err) = run("sha256sum", &[s(p)]);
-    assert!(ok, "{err}");
-    out.split_whitespace().next().unwrap().to_owned()
-}
 
 /// A loop device over a file, detached on drop (also when the test fails).
 struct Loop {

@@ -289,3 +289,15 @@ pub fn fsck_partitions(img: &Path, tmp: &Path) {
     std::fs::remove_file(boot).unwrap();
     std::fs::remove_file(root).unwrap();
 }
+
+/// A path as the `&str` a command-line argument needs.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The sha256 of a file, by `sha256sum` (not our own hashing).
+pub fn sha256(p: &Path) -> String {
+    let (ok, out, err) = run("sha256sum", &[s(p)]);
+    assert!(ok, "{err}");
+    out.split_whitespace().next().unwrap().to_owned()
+}
