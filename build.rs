@@ -1,7 +1,7 @@
-//! Compiles the libext2fs shim of `src/ext4.rs` and links libext2fs (found through pkg-config).
+//! Compiles the libext2fs shim of `src/image/ext4/mod.rs` and links libext2fs (found through pkg-config).
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/ext4/shim.c");
+    println!("cargo:rerun-if-changed=src/image/ext4/shim.c");
     // 1.46 is where ext2fs_link learnt to add entries to hash-indexed directories.
     let probe = |name: &str, version: &str| match pkg_config::Config::new()
         .atleast_version(version)
@@ -17,7 +17,7 @@ fn main() {
     // The shim calls com_err's error_message() directly, so link it explicitly.
     probe("com_err", "1.42");
     cc::Build::new()
-        .file("src/ext4/shim.c")
+        .file("src/image/ext4/shim.c")
         .includes(&ext2fs.include_paths)
         .warnings(true)
         .extra_warnings(true)

@@ -18,31 +18,31 @@ pub enum Error {
     Profile(#[from] crate::profile::ProfileError),
     /// A partition table is missing, invalid or truncated.
     #[error(transparent)]
-    Partition(#[from] crate::partition::PartitionError),
+    Partition(#[from] crate::image::partition::PartitionError),
     /// A base image cannot be read or an output cannot be written.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
     /// The FAT boot partition cannot be read or changed.
     #[error(transparent)]
-    BootFs(#[from] crate::bootfs::BootFsError),
+    BootFs(#[from] crate::image::bootfs::BootFsError),
     /// The ext4 root filesystem cannot be read or changed.
     #[error(transparent)]
-    Ext4(#[from] crate::ext4::Ext4Error),
+    Ext4(#[from] crate::image::ext4::Ext4Error),
     /// An overlay tree is invalid.
     #[error(transparent)]
-    Overlay(#[from] crate::overlay::OverlayError),
+    Overlay(#[from] crate::profile::overlay::OverlayError),
     /// A base image could not be downloaded or verified.
     #[error(transparent)]
-    Fetch(#[from] crate::fetch::FetchError),
+    Fetch(#[from] crate::base::fetch::FetchError),
     /// The image cache could not be read or changed.
     #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
+    Cache(#[from] crate::base::cache::CacheError),
     /// An image's block map could not be made.
     #[error(transparent)]
-    BlockMap(#[from] crate::blockmap::BlockMapError),
+    BlockMap(#[from] crate::image::blockmap::BlockMapError),
     /// An image could not be compressed into chunks.
     #[error(transparent)]
-    Chunk(#[from] crate::chunked::ChunkError),
+    Chunk(#[from] crate::dist::chunks::ChunkError),
     /// The release index files could not be read or written.
     #[error(transparent)]
     Dist(#[from] crate::dist::DistError),

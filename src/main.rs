@@ -6,18 +6,20 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use pi_image::blockmap::BlockMap;
+use pi_image::image::blockmap::BlockMap;
 use pi_image::build::{self, BuildOptions};
-use pi_image::chunked::{ChunkStore, Codec, Compression};
-use pi_image::devices::{self, SysRoot};
+use pi_image::dist::chunks::{ChunkStore, Codec, Compression};
+use pi_image::flash::devices::{self, SysRoot};
 use pi_image::dist::{self, Shard};
-use pi_image::eeprom::BootOrder;
-use pi_image::eepromcard::{self, EepromSpec};
-use pi_image::fetch::{self, FetchOptions, SignaturePolicy};
+use pi_image::bootconf::eeprom::BootOrder;
+use pi_image::build::eeprom::{self, EepromSpec};
+use pi_image::base::fetch::{self, FetchOptions, SignaturePolicy};
 use pi_image::flash::{self, FlashOptions, Job, NodeImages, Source, Target};
 use pi_image::image::PendingOutput;
 use pi_image::profile::{BaseSpec, Profile};
-use pi_image::{cache, inspect, profile};
+use pi_image::base::cache;
+use pi_image::commands::inspect;
+use pi_image::profile;
 
 /// Turn the stock Ubuntu Raspberry Pi image into per-node, ready-to-boot images for a cluster.
 #[derive(Parser)]
@@ -364,15 +366,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 settings: set
                     .iter()
                     .map(|s| {
-                        eepromcard::parse_setting(s).map_err(|e| anyhow::anyhow!("--set: {e}"))
+                        eeprom::parse_setting(s).map_err(|e| anyhow::anyhow!("--set: {e}"))
                     })
                     .collect::<anyhow::Result<_>>()?,
                 firmware,
                 recovery,
             };
             let epoch = source_date_epoch()?;
-            let files = eepromcard::update_files(&spec, epoch)?;
-            let card = eepromcard::write_card(&files, &out, epoch)?;
+            let files = eeprom::update_files(&spec, epoch)?;
+            let card = eeprom::write_card(&files, &out, epoch)?;
             println!(
                 "{}  {} MiB  BOOT_ORDER={} ({})  pieeprom.upd sha256 {}",
                 card.path.display(),

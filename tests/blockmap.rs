@@ -11,7 +11,7 @@ use common::{
     bmap_ranges, cmp_ranges, demo_images, fsck_partitions, garbage_file, pi_image, pi_image_ok,
     repo, run,
 };
-use pi_image::blockmap::{BlockMap, BlockMapError, ChecksumKind};
+use pi_image::image::blockmap::{BlockMap, BlockMapError, ChecksumKind};
 
 /// Copy only `ranges` of `src` onto `dst` (which already holds garbage).
 fn copy_ranges(src: &Path, dst: &Path, ranges: &[(u64, u64)]) {

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pi_image::bootfs::{BootEntry, BootFs, BootFsError, FatTimestamp};
-use pi_image::partview::PartitionView;
+use pi_image::image::bootfs::{BootEntry, BootFs, BootFsError, FatTimestamp};
+use pi_image::image::partview::PartitionView;
 
 /// True when fsck.fat, mkfs.vfat and mtools are all there; otherwise says why the test is skipped.
 fn tools_present() -> bool {

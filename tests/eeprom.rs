@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 
 use common::{extract, pi_image, pi_image_ok, repo, run};
-use pi_image::eeprom::{self, EepromError, FILE_MAGIC, PAD_MAGIC};
+use pi_image::bootconf::eeprom::{self, EepromError, FILE_MAGIC, PAD_MAGIC};
 
 const SIZE: usize = 512 * 1024;
 const PUBKEY_AT: usize = 0x76000;

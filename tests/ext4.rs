@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pi_image::ext4::{self, Attrs, EntryKind, Ext4Error, Ext4Fs};
+use pi_image::image::ext4::{self, Attrs, EntryKind, Ext4Error, Ext4Fs};
 
 const PREFIX: u64 = 4 << 20;
 const SUFFIX: u64 = 1 << 20;
@@ -666,7 +666,7 @@ fn ext4_reads_release_and_kernels_without_writing() {
     );
     assert_eq!(os.version_codename.as_deref(), Some("focal"));
     assert_eq!(os.pretty_name.as_deref(), Some("Ubuntu 20.04.5 LTS"));
-    assert_eq!(os.release(), Some(pi_image::release::Release::Focal));
+    assert_eq!(os.release(), Some(pi_image::plan::release::Release::Focal));
     assert_eq!(
         ext4::kernel_versions(&fs).unwrap(),
         ["5.4.0-1069-raspi", "5.4.0-1070-raspi"]

@@ -807,7 +807,7 @@ fn shipped_ubuntu_key_has_the_published_fingerprint() {
     let gpg = Gpg::new();
     let key = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/src/keys/ubuntu-cdimage-2012.asc"
+        "/src/base/keys/ubuntu-cdimage-2012.asc"
     );
     let listing = String::from_utf8(gpg.run(&["--with-colons", "--show-keys", key], None)).unwrap();
     // One primary key, no subkeys, and the fingerprint from Ubuntu's documentation.

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pi_image::cmdline;
-use pi_image::configtxt::{self, Effective, Model};
+use pi_image::bootconf::cmdline;
+use pi_image::bootconf::configtxt::{self, Effective, Model};
 
 /// The settings a Pi 4 SSD/USB-boot node gets: overclock, and the kernel loaded by the firmware
 /// instead of U-Boot.

@@ -2,6 +2,12 @@
 //! its magic bytes), copying it sparsely, and writing outputs atomically (temp file in the same
 //! directory, fsync, rename) so a failed build never leaves a file at the final path.
 
+pub mod blockmap;
+pub mod bootfs;
+pub mod ext4;
+pub mod partition;
+pub mod partview;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

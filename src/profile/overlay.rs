@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::ext4::{self, Attrs, Need};
+use crate::image::ext4::{self, Attrs, Need};
 
 /// The longest name an ext4 directory entry holds, in bytes.
 const MAX_NAME: usize = 255;

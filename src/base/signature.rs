@@ -1,7 +1,7 @@
 //! Authenticating `SHA256SUMS` with its detached OpenPGP signature (`SHA256SUMS.gpg`), using the
 //! pure-Rust `pgp` crate.
 //!
-//! The Ubuntu CD image signing key ships inside pi-image (`src/keys/ubuntu-cdimage-2012.asc`) and is
+//! The Ubuntu CD image signing key ships inside pi-image (`src/base/keys/ubuntu-cdimage-2012.asc`) and is
 //! the trusted key unless the user names another (`base_signing_key` in the profile, or
 //! `--signing-key FILE`). Its fingerprint is checked against [`UBUNTU_CDIMAGE_2012_FINGERPRINT`] in
 //! the tests, by `gpg` as well as by this module.

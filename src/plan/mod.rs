@@ -2,15 +2,18 @@
 //! boot files to the new contents of those files. Pure: no I/O, so it is tested on text alone;
 //! [`crate::build`] reads the stock files and applies the plan.
 
+pub mod cloudinit;
+pub mod release;
+
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::cloudinit::{self, NodeCloudConfig};
-use crate::partition::Guid;
+use self::cloudinit::NodeCloudConfig;
+use crate::image::partition::Guid;
 use crate::profile::{Node, PartitionScheme, Target};
-use crate::release::Release;
-use crate::{cmdline, configtxt};
+use crate::plan::release::Release;
+use crate::bootconf::{cmdline, configtxt};
 
 /// Kernel parameters Kubernetes needs on a Raspberry Pi: memory cgroups are off by default there.
 pub const KUBERNETES_CMDLINE: [&str; 3] = [

@@ -7,6 +7,8 @@
 //! halfway has no partition table. Then `fdatasync`, `BLKRRPART`, and by default a read-back of
 //! every written range past the page cache, compared by sha256 with what the reader saw.
 
+pub mod devices;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -19,10 +21,10 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::blockmap::{BlockMap, BlockMapError, ChecksumKind, is_zero};
-use crate::devices::{self, DeviceError, Disk, SysRoot};
+use crate::image::blockmap::{BlockMap, BlockMapError, ChecksumKind, is_zero};
+use self::devices::{DeviceError, Disk, SysRoot};
 use crate::image::{self, Format};
-use crate::progress::Progress;
+use crate::io::progress::Progress;
 
 /// Size of the pieces handed from the reader to the writers, and of each write.
 pub const CHUNK: usize = 4 << 20;

@@ -1,6 +1,6 @@
 //! Which Ubuntu release a base image holds, and what that means for patching it.
 
-use crate::ext4::OsRelease;
+use crate::image::ext4::OsRelease;
 
 /// The Ubuntu releases whose Raspberry Pi images pi-image knows how to patch.
 ///

@@ -448,7 +448,7 @@ fn assemble(keys: &[String], store: &ChunkStore, out: &Path) -> Result<(u64, Str
     dst.flush().map_err(io_err(&temp))?;
     drop(dst);
     pending.commit()?;
-    Ok((size, crate::fetch::hex(&hasher.finalize())))
+    Ok((size, crate::base::fetch::hex(&hasher.finalize())))
 }
 
 /// sha256 of `len` bytes of `file` at `start`, hex.
@@ -467,7 +467,7 @@ fn sha256_range(file: &File, start: u64, len: u64) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(crate::fetch::hex(&hasher.finalize()))
+    Ok(crate::base::fetch::hex(&hasher.finalize()))
 }
 
 /// Reads `[pos, end)` of a file shared between threads (positioned reads, no shared cursor).

@@ -1,7 +1,7 @@
 //! The FAT boot partition (`system-boot`): read, write and list files in place.
 //!
 //! [`BootFs`] wraps the vendored, patched `fatfs` crate (see `vendor/fatfs/PATCHES.md`) over any
-//! `Read + Write + Seek` — in production a [`PartitionView`](crate::partview::PartitionView) of
+//! `Read + Write + Seek` — in production a [`PartitionView`](crate::image::partview::PartitionView) of
 //! the boot partition. Output is deterministic: every entry created or modified gets the one
 //! [`FatTimestamp`] given to [`BootFs::open`], never the clock.
 //!
@@ -15,7 +15,7 @@ use std::sync::{Mutex, PoisonError};
 
 use fatfs::{Date, DateTime, Dir, DirEntry, FileSystem, FsOptions, Time, TimeProvider};
 
-use crate::calendar::UtcDateTime;
+use crate::io::calendar::UtcDateTime;
 
 /// Errors from the boot partition. Each names the path inside the partition it is about.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! Downloading a base image into the [`cache`](crate::cache), in one pass: the bytes that
+//! Downloading a base image into the [`cache`](crate::base::cache), in one pass: the bytes that
 //! arrive are hashed (sha256 of the compressed file), appended to a `.part` file (so an
 //! interrupted download can resume with an HTTP Range request), decompressed and written sparse
 //! to a temp file beside their final name. Only when the whole file's sha256 matches the pinned
@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::{self, Cache, CacheError, CacheLock, Entry, Metadata};
+use crate::base::cache::{self, Cache, CacheError, CacheLock, Entry, Metadata};
 use crate::image::{self, Format, PendingOutput};
 use crate::profile::{BaseSpec, RemoteBase};
-use crate::progress::Progress;
-use crate::signature;
+use crate::io::progress::Progress;
+use crate::base::signature;
 
 /// `SHA256SUMS` files are a few KiB; anything much larger is not one.
 const SUMS_MAX: u64 = 1 << 20;
@@ -147,7 +147,7 @@ pub enum FetchError {
 pub enum SignaturePolicy {
     /// Check `SHA256SUMS.gpg` against this OpenPGP public key file (armored or binary), else
     /// the profile's `base_signing_key`, else the built-in Ubuntu CD image signing key (see
-    /// [`crate::signature`]).
+    /// [`crate::base::signature`]).
     Verify(Option<PathBuf>),
     /// Don't check it (`--insecure-skip-signature`).
     Skip,
@@ -291,10 +291,10 @@ pub fn open_cache(dir: Option<&Path>) -> Result<Cache, CacheError> {
 /// The release in a raw image's root filesystem (`PRETTY_NAME` of `/etc/os-release`), for
 /// `cache list`. `None` when it cannot be read: the build checks the image properly and says why.
 fn detect_release(raw: &Path) -> Option<String> {
-    let table = crate::partition::PartitionTable::read(raw).ok()?;
+    let table = crate::image::partition::PartitionTable::read(raw).ok()?;
     let root = table.root(raw).ok()?;
-    let fs = crate::ext4::Ext4Fs::open(raw, root.start, root.len, false).ok()?;
-    let os = crate::ext4::os_release(&fs).ok()?;
+    let fs = crate::image::ext4::Ext4Fs::open(raw, root.start, root.len, false).ok()?;
+    let os = crate::image::ext4::os_release(&fs).ok()?;
     Some(
         os.pretty_name
             .unwrap_or_else(|| format!("{} {}", os.id, os.version_id)),

@@ -24,7 +24,7 @@ use serde_yaml_ng::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
 use crate::profile::StaticAddress;
-use crate::release::Release;
+use crate::plan::release::Release;
 
 /// The name of the image's default user, created by `users: [default]`.
 const DEFAULT_USER: &str = "ubuntu";

@@ -4,10 +4,12 @@
 //! Raspberry Pi Imager custom repository). `--shard K/N` builds every N-th node.
 //!
 //! Each node's raw image is built in a temp file beside its final name, compressed through the
-//! [`chunked`](crate::chunked) chunk store and removed: the raw images do not stay in the output
+//! [`chunked`](crate::dist::chunks) chunk store and removed: the raw images do not stay in the output
 //! directory. The index files are rewritten after every run and keep the entries of artifacts
 //! built by earlier runs (other shards) whose files are still in the directory, so shards run one
 //! after another into one directory end with a complete index.
+
+pub mod chunks;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,13 +21,13 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::Result;
-use crate::blockmap::BlockMap;
+use crate::image::blockmap::BlockMap;
 use crate::build::{self, BuildOptions};
-use crate::calendar::UtcDateTime;
-use crate::chunked::{self, ChunkStore, Compressed};
+use crate::io::calendar::UtcDateTime;
+use self::chunks::{ChunkStore, Compressed};
 use crate::image::PendingOutput;
 use crate::profile::{Node, Profile, Target};
-use crate::release::Release;
+use crate::plan::release::Release;
 
 /// The checksum file, in the format of Ubuntu's (`<sha256> *<file>`, one line per file).
 pub const SHA256SUMS: &str = "SHA256SUMS";
@@ -171,7 +173,7 @@ pub fn build_artifacts(
         let out = opts.out_dir.join(format!("{}.img.{ext}", img.node));
         // Dropping `img` afterwards removes the raw temp image.
         let raw = img.output.temp_path();
-        let compressed = chunked::compress_image(raw, &out, store, jobs)?;
+        let compressed = chunks::compress_image(raw, &out, store, jobs)?;
         let bmap = opts.out_dir.join(format!("{}.img.bmap", img.node));
         let bmap_sha256 = write_bmap(raw, &bmap)?;
         let artifact = Artifact {
@@ -207,7 +209,7 @@ fn write_bmap(raw: &Path, out: &Path) -> Result<String> {
     let mut text = Vec::new();
     map.write_bmap(raw, &mut text)?;
     write_atomic(out, &text)?;
-    Ok(crate::fetch::hex(&sha2::Sha256::digest(&text)))
+    Ok(crate::base::fetch::hex(&sha2::Sha256::digest(&text)))
 }
 
 /// The `os_list.json` entry for `a`.
@@ -306,7 +308,7 @@ fn read_sums(path: &Path) -> Result<Vec<(String, String)>, DistError> {
         .map(|(i, line)| {
             let parsed = line.split_once(' ').and_then(|(sha, rest)| {
                 let file = rest.strip_prefix('*').or_else(|| rest.strip_prefix(' '))?;
-                (crate::cache::is_sha256(sha) && !file.is_empty())
+                (crate::base::cache::is_sha256(sha) && !file.is_empty())
                     .then(|| (file.to_string(), sha.to_string()))
             });
             parsed.ok_or_else(|| DistError::Index {

@@ -1,7 +1,7 @@
 //! The ext4 root filesystem, edited in place inside an image file.
 //!
 //! All reading and writing goes through e2fsprogs' libext2fs (the library behind `mke2fs`,
-//! `e2fsck` and `debugfs`), reached through a small C shim (`src/ext4/shim.c`) so that no
+//! `e2fsck` and `debugfs`), reached through a small C shim (`src/image/ext4/shim.c`) so that no
 //! libext2fs struct layout is mirrored in Rust. The filesystem is opened at a byte offset inside
 //! the image file: no root, mounts or loop devices are needed, and bytes outside the
 //! filesystem are never touched.
@@ -14,7 +14,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_long, c_void};
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
-use crate::release::Release;
+use crate::plan::release::Release;
 
 /// The C shim's interface. Every function returns 0 or a libext2fs/errno error code.
 mod ffi {

@@ -4,13 +4,13 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::path::Path;
 
-use crate::bootfs::{BootFs, FatTimestamp};
-use crate::configtxt::{self, Model};
-use crate::ext4::{self, Ext4Fs};
-use crate::partition::{Content, PartitionTable};
-use crate::partview::{PartitionView, ReadOnly};
+use crate::image::bootfs::{BootFs, FatTimestamp};
+use crate::bootconf::configtxt::{self, Model};
+use crate::image::ext4::{self, Ext4Fs};
+use crate::image::partition::{Content, PartitionTable};
+use crate::image::partview::{PartitionView, ReadOnly};
 use crate::profile::Profile;
-use crate::release;
+use crate::plan::release;
 use crate::{Error, Result};
 
 /// Boot-partition files shown verbatim, in this order.

@@ -3,7 +3,7 @@
 //! (`BOOT_ORDER` and free-form keys) and the `pieeprom.sig` text the update needs.
 //!
 //! Pure functions over bytes and text: no I/O, so everything is tested on synthetic images.
-//! [`crate::eepromcard`] reads the files and writes the update card.
+//! [`crate::build::eeprom`] reads the files and writes the update card.
 //!
 //! The format (see `rpi-eeprom-config` in raspberrypi/rpi-eeprom): sections start on 8-byte
 //! boundaries with a big-endian magic (masked with `0xfffff00f` it equals `0x55aaf00f`) and a
@@ -40,7 +40,7 @@ const CONTENT_OFFSET: usize = FILE_HDR_LEN + 4;
 pub const MAX_FILE_SIZE: usize = ERASE_ALIGN - FILE_HDR_LEN;
 
 /// Errors reading or changing an EEPROM image or its settings. They do not name the file (these
-/// functions see only bytes); [`crate::eepromcard`] adds it.
+/// functions see only bytes); [`crate::build::eeprom`] adds it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EepromError {
     /// The image is not one of the sizes the bootloader uses.

@@ -1,6 +1,8 @@
 //! `pi-image build`: copy the base image once per node, apply the node's plan to the copy, and
 //! rename it into place only when everything succeeded.
 
+pub mod eeprom;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -8,16 +10,16 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::bootfs::{BootFs, FatTimestamp};
-use crate::eepromcard::{self, UpdateFiles};
-use crate::ext4::{self, Attrs, Ext4Fs};
+use crate::image::bootfs::{BootFs, FatTimestamp};
+use self::eeprom::UpdateFiles;
+use crate::image::ext4::{self, Attrs, Ext4Fs};
 use crate::image::{self, ImageError, PendingOutput};
-use crate::overlay::{self, OverlayEntry, OverlayKind};
-use crate::partition::{self, Partition, PartitionTable};
-use crate::partview::PartitionView;
+use crate::profile::overlay::{self, OverlayEntry, OverlayKind};
+use crate::image::partition::{self, Partition, PartitionTable};
+use crate::image::partview::PartitionView;
 use crate::plan::{self, NodePlan};
 use crate::profile::{Node, PartitionScheme, Profile, Target};
-use crate::release::{self, Release};
+use crate::plan::release::{self, Release};
 use crate::{Error, Result};
 
 /// Timestamps for everything the build writes when `SOURCE_DATE_EPOCH` is not set:
@@ -127,7 +129,7 @@ pub fn build_nodes_with(
         .collect::<Result<Vec<_>>>()?;
     for (node, loaded) in nodes.iter().zip(&mut overlays) {
         if let Some(spec) = &node.eeprom {
-            let files = eepromcard::update_files(spec, opts.epoch).map_err(|e| {
+            let files = eeprom::update_files(spec, opts.epoch).map_err(|e| {
                 Error::Msg(format!(
                     "{}: node {}: eeprom: {e}",
                     profile.path.display(),
@@ -296,7 +298,7 @@ fn build_node(
     }
     // After the overlays, so the three files are always the matching set the signature covers.
     if let Some(files) = &overlays.eeprom {
-        eepromcard::write_to(&fs, files)?;
+        eeprom::write_to(&fs, files)?;
     }
     fs.unmount()?;
 
@@ -439,7 +441,7 @@ fn sha256_of(file: &mut File) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(crate::fetch::hex(&hasher.finalize()))
+    Ok(crate::base::fetch::hex(&hasher.finalize()))
 }
 
 /// The base as a raw image file: the base itself, or a temporary decompressed copy (removed on

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use crate::ext4::Ext4Fs;
+use crate::image::ext4::Ext4Fs;
 use crate::image::Format;
-use crate::partition::{Content, PartitionError, PartitionTable, TableKind};
+use crate::image::partition::{Content, PartitionError, PartitionTable, TableKind};
 
 /// The block size of maps made here (bmaptool's default, and the usual filesystem block size).
 pub const BLOCK_SIZE: u64 = 4096;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::UtcDateTime;
+use crate::io::calendar::UtcDateTime;
 use crate::image::PendingOutput;
 
 /// Errors reading or changing the cache.
@@ -252,7 +252,7 @@ impl Cache {
         use std::os::unix::fs::MetadataExt;
         let mut cleaned = Cleaned::default();
         // Compressed chunks of release artifacts live in chunks/<codec>-<level>/.
-        let chunks = crate::chunked::ChunkStore::root(&self.dir);
+        let chunks = crate::dist::chunks::ChunkStore::root(&self.dir);
         let mut dirs = vec![self.dir.clone(), self.dir.join("partial")];
         match fs::read_dir(&chunks) {
             Ok(entries) => {

@@ -2,6 +2,9 @@
 //! nodes. [`Profile::load`] parses and validates a profile completely before anything is
 //! written; every error names the file, the line:column and the field.
 
+pub mod overlay;
+pub mod sshkey;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
@@ -10,9 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::eeprom::{self, BootOrder};
-use crate::eepromcard::EepromSpec;
-use crate::{configtxt, sshkey};
+use crate::bootconf::eeprom::{self, BootOrder};
+use crate::build::eeprom::EepromSpec;
+use crate::bootconf::configtxt;
 
 /// The official Ubuntu 20.04.5 arm64+raspi image, the default base of the demo profile.
 pub const UBUNTU_20_04_5_URL: &str = "https://cdimage.ubuntu.com/releases/20.04.5/release/ubuntu-20.04.5-preinstalled-server-arm64+raspi.img.xz";
@@ -40,7 +43,7 @@ pub const UBUNTU_20_04_5_SUMS_URL: &str =
 /// Where the base image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseSpec {
-    /// A download: fetched into the cache (see [`crate::fetch`]) and verified before use.
+    /// A download: fetched into the cache (see [`crate::base::fetch`]) and verified before use.
     Url(RemoteBase),
     /// A local `.img` or `.img.xz` file.
     Path(PathBuf),

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::bootfs::{BootFs, FatTimestamp};
-use crate::eeprom::{self, BootOrder, EepromError};
+use crate::image::bootfs::{BootFs, FatTimestamp};
+use crate::bootconf::eeprom::{self, BootOrder, EepromError};
 use crate::image::PendingOutput;
-use crate::partview::PartitionView;
+use crate::image::partview::PartitionView;
 use crate::{Error, Result};
 
 /// Where the bootloader firmware is published, for the "no download yet" message.

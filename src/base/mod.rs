@@ -1,0 +1,3 @@
+pub mod cache;
+pub mod fetch;
+pub mod signature;

@@ -1,0 +1,3 @@
+pub mod cmdline;
+pub mod configtxt;
+pub mod eeprom;
