@@ -22,18 +22,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::io::calendar::UtcDateTime;
 use crate::image::PendingOutput;
+use crate::io::{AtPath, PathError};
 
 /// Errors reading or changing the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// I/O on a file or directory of the cache failed.
-    #[error("{}: {error}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error (not a `source`: the message already says it).
-        error: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// A metadata file is not what pi-image writes.
     #[error("{}: unreadable cache metadata: {reason} (remove it, or run `pi-image cache clean`)", path.display())]
     Metadata {
@@ -50,12 +46,6 @@ pub enum CacheError {
     Image(#[from] crate::image::ImageError),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |error| CacheError::Io {
-        path: path.to_owned(),
-        error,
-    }
-}
 
 /// What is known about one cached image; stored as `<sha256>.toml` beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +119,7 @@ impl Cache {
 
     /// Open (creating if needed) the cache at `dir`.
     pub fn open(dir: &Path) -> Result<Cache, CacheError> {
-        fs::create_dir_all(dir.join("partial")).map_err(io_err(dir))?;
+        fs::create_dir_all(dir.join("partial")).at(dir)?;
         Ok(Cache {
             dir: dir.to_owned(),
         })
@@ -148,7 +138,7 @@ impl Cache {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io_err(&path))?;
+            .at(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -156,9 +146,9 @@ impl Cache {
                     "pi-image: waiting for another pi-image run to release {}",
                     path.display()
                 );
-                file.lock().map_err(io_err(&path))?;
+                file.lock().at(&path)?;
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(PathError::new(&path, e).into()),
         }
         Ok(CacheLock { _file: file })
     }
@@ -202,8 +192,8 @@ impl Cache {
     /// Every complete entry, sorted by fetch time.
     pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
         let mut out = Vec::new();
-        for dirent in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let dirent = dirent.map_err(io_err(&self.dir))?;
+        for dirent in fs::read_dir(&self.dir).at(&self.dir)? {
+            let dirent = dirent.at(&self.dir)?;
             let name = dirent.file_name();
             let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".toml")) else {
                 continue;
@@ -241,7 +231,7 @@ impl Cache {
         let mut out = PendingOutput::create(&path)?;
         out.file()
             .write_all(text.as_bytes())
-            .map_err(io_err(out.temp_path()))?;
+            .at(out.temp_path())?;
         out.commit()?;
         Ok(())
     }
@@ -257,23 +247,23 @@ impl Cache {
         match fs::read_dir(&chunks) {
             Ok(entries) => {
                 for dirent in entries {
-                    let path = dirent.map_err(io_err(&chunks))?.path();
+                    let path = dirent.at(&chunks)?.path();
                     if path.is_dir() {
                         dirs.push(path);
                     }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&chunks)(e)),
+            Err(e) => return Err(PathError::new(&chunks, e).into()),
         }
         for dir in dirs {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(&dir)(e)),
+                Err(e) => return Err(PathError::new(&dir, e).into()),
             };
             for dirent in entries {
-                let dirent = dirent.map_err(io_err(&dir))?;
+                let dirent = dirent.at(&dir)?;
                 let path = dirent.path();
                 let name = dirent.file_name().to_string_lossy().into_owned();
                 // Only what pi-image itself writes here: never the lock (another run may be
@@ -289,7 +279,7 @@ impl Cache {
                     continue;
                 }
                 let used = fs::metadata(&path).map(|m| m.blocks() * 512).unwrap_or(0);
-                fs::remove_file(&path).map_err(io_err(&path))?;
+                fs::remove_file(&path).at(&path)?;
                 cleaned.files += 1;
                 cleaned.bytes += used;
             }
@@ -320,7 +310,7 @@ pub fn list_table(entries: &[Entry]) -> String {
 }
 
 fn read_meta(path: &Path) -> Result<Metadata, CacheError> {
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let text = fs::read_to_string(path).at(path)?;
     toml::from_str(&text).map_err(|e| CacheError::Metadata {
         path: path.to_owned(),
         reason: e.message().trim().to_string(),

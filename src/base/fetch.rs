@@ -23,6 +23,7 @@ use crate::image::{self, Format, PendingOutput};
 use crate::profile::{BaseSpec, RemoteBase};
 use crate::io::progress::Progress;
 use crate::base::signature;
+use crate::io::{AtPath, PathError, hex};
 
 /// `SHA256SUMS` files are a few KiB; anything much larger is not one.
 const SUMS_MAX: u64 = 1 << 20;
@@ -127,13 +128,8 @@ pub enum FetchError {
         cache: PathBuf,
     },
     /// I/O on a local file failed (disk full, permissions).
-    #[error("{}: {error}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error (not a `source`: the message already says it).
-        error: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// The `SHA256SUMS` signature is bad or cannot be checked.
     #[error(transparent)]
     Signature(#[from] signature::SignatureError),
@@ -253,7 +249,7 @@ pub fn fetch(
     let part = cache.part_path(&expected);
     fs::remove_file(&part)
         .or_else(ignore_missing)
-        .map_err(io_err(&part))?;
+        .at(&part)?;
     Ok(Fetched {
         entry,
         downloaded: true,
@@ -318,12 +314,6 @@ fn ignore_missing(e: io::Error) -> io::Result<()> {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
-    move |error| FetchError::Io {
-        path: path.to_owned(),
-        error,
-    }
-}
 
 fn client(url: &str) -> Result<reqwest::blocking::Client, FetchError> {
     reqwest::blocking::Client::builder()
@@ -613,10 +603,6 @@ impl Read for Decoded {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// One attempt: resume or start the `.part` file, stream it through hash and decoder into a
 /// temp image, verify. On success the temp image is ready to be renamed into the cache.
 fn download(
@@ -630,10 +616,7 @@ fn download(
     let url = remote.url.as_str();
     let part_path = cache.part_path(expected);
     let fatal_io = |p: &Path, e: io::Error| {
-        Attempt::Fatal(FetchError::Io {
-            path: p.to_owned(),
-            error: e,
-        })
+        Attempt::Fatal(FetchError::Io(PathError { path: p.to_owned(), source: e }))
     };
     let mut part_len = match fs::metadata(&part_path) {
         Ok(m) => m.len(),

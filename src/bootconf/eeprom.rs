@@ -473,11 +473,7 @@ pub fn bootconf(existing: &str, settings: &[(String, String)]) -> String {
 /// The `pieeprom.sig` the bootloader checks `pieeprom.upd` against: its sha256 in hex, then
 /// `ts: <unix time>` (from `SOURCE_DATE_EPOCH`, so the card is reproducible).
 pub fn signature(upd: &[u8], epoch: i64) -> String {
-    let hex: String = Sha256::digest(upd)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{hex}\nts: {epoch}\n")
+    format!("{}\nts: {epoch}\n", crate::io::hex(&Sha256::digest(upd)))
 }
 
 #[cfg(test)]

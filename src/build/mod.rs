@@ -8,7 +8,6 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 
 use crate::image::bootfs::{BootFs, FatTimestamp};
 use self::eeprom::UpdateFiles;
@@ -432,16 +431,7 @@ fn write_vmlinux<F: Read + Write + Seek>(fs: &mut BootFs<F>) -> Result<()> {
 
 fn sha256_of(file: &mut File) -> io::Result<String> {
     file.seek(SeekFrom::Start(0))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(crate::base::fetch::hex(&hasher.finalize()))
+    crate::io::sha256_hex(file)
 }
 
 /// The base as a raw image file: the base itself, or a temporary decompressed copy (removed on

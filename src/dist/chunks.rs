@@ -12,7 +12,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -21,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::image::{ImageError, PendingOutput};
+use crate::io::{AtPath, FileRange, PathError, hex, sha256_hex};
 
 /// Raw bytes per chunk: 32 MiB. Four times xz -6's 8 MiB dictionary, so a chunk boundary costs
 /// little ratio (the size grows well under 2 % against one stream), while a node's few edits
@@ -34,13 +34,8 @@ const BUF: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkError {
     /// I/O on a named file failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// Reading a chunk of the image or writing its compressed form failed.
     #[error("compressing bytes {start}..{end} of {} into {}: {source}", image.display(), chunk.display())]
     Compress {
@@ -60,12 +55,6 @@ pub enum ChunkError {
     Image(#[from] ImageError),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ChunkError + '_ {
-    move |source| ChunkError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// A compression format for release artifacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -206,7 +195,7 @@ impl ChunkStore {
             compression.codec.name(),
             compression.level
         ));
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        fs::create_dir_all(&dir).at(&dir)?;
         Ok(ChunkStore { dir, compression })
     }
 
@@ -256,8 +245,8 @@ pub fn compress_image(
     jobs: usize,
 ) -> Result<Compressed, ChunkError> {
     let jobs = jobs.max(1);
-    let file = File::open(raw).map_err(io_err(raw))?;
-    let raw_size = file.metadata().map_err(io_err(raw))?.len();
+    let file = File::open(raw).at(raw)?;
+    let raw_size = file.metadata().at(raw)?.len();
     // An empty image still gets one (empty) chunk, so the output is a valid compressed file.
     let chunks: Vec<(u64, u64)> = if raw_size == 0 {
         vec![(0, 0)]
@@ -318,7 +307,7 @@ fn hash_chunks(
                         let Some(&(start, len)) = chunks.get(i) else {
                             return Ok(());
                         };
-                        let key = sha256_range(file, start, len).inspect_err(|_| {
+                        let key = sha256_hex(&mut FileRange::new(file, start, len)).inspect_err(|_| {
                             failed.store(true, Ordering::Relaxed);
                         })?;
                         if let Ok(mut k) = keys.lock() {
@@ -329,7 +318,7 @@ fn hash_chunks(
                 })
             })
             .collect();
-        let whole = sha256_range(file, 0, size);
+        let whole = sha256_hex(&mut FileRange::new(file, 0, size));
         if whole.is_err() {
             failed.store(true, Ordering::Relaxed);
         }
@@ -339,14 +328,14 @@ fn hash_chunks(
         }
         whole
     })
-    .map_err(io_err(path))?;
+    .at(path)?;
     let keys = keys
         .into_inner()
-        .map_err(|_| io_err(path)(io::Error::other("a hashing thread panicked")))?;
+        .map_err(|_| PathError::new(path, io::Error::other("a hashing thread panicked")))?;
     let keys = keys
         .into_iter()
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| io_err(path)(io::Error::other("a chunk was not hashed")))?;
+        .ok_or_else(|| PathError::new(path, io::Error::other("a chunk was not hashed")))?;
     Ok((whole, keys))
 }
 
@@ -381,9 +370,9 @@ fn compress_missing(
             .collect();
         workers.into_iter().try_for_each(|w| {
             w.join().unwrap_or_else(|_| {
-                Err(io_err(path)(io::Error::other(
+                Err(PathError::new(path, io::Error::other(
                     "a compressing thread panicked",
-                )))
+                )).into())
             })
         })
     })
@@ -401,11 +390,7 @@ fn compress_chunk(
     let temp = out.temp_path().to_owned();
     let mut src = BufReader::with_capacity(
         BUF,
-        RangeReader {
-            file,
-            pos: start,
-            end: start + len,
-        },
+        FileRange::new(file, start, len),
     );
     let mut dst = BufWriter::with_capacity(BUF, out.file());
     store
@@ -434,67 +419,21 @@ fn assemble(keys: &[String], store: &ChunkStore, out: &Path) -> Result<(u64, Str
     let mut dst = BufWriter::with_capacity(BUF, pending.file());
     for key in keys {
         let path = store.path(key);
-        let mut chunk = File::open(&path).map_err(io_err(&path))?;
+        let mut chunk = File::open(&path).at(&path)?;
         loop {
-            let n = chunk.read(&mut buf).map_err(io_err(&path))?;
+            let n = chunk.read(&mut buf).at(&path)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            dst.write_all(&buf[..n]).map_err(io_err(&temp))?;
+            dst.write_all(&buf[..n]).at(&temp)?;
             size += n as u64;
         }
     }
-    dst.flush().map_err(io_err(&temp))?;
+    dst.flush().at(&temp)?;
     drop(dst);
     pending.commit()?;
-    Ok((size, crate::base::fetch::hex(&hasher.finalize())))
-}
-
-/// sha256 of `len` bytes of `file` at `start`, hex.
-fn sha256_range(file: &File, start: u64, len: u64) -> io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut reader = RangeReader {
-        file,
-        pos: start,
-        end: start + len,
-    };
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(crate::base::fetch::hex(&hasher.finalize()))
-}
-
-/// Reads `[pos, end)` of a file shared between threads (positioned reads, no shared cursor).
-struct RangeReader<'a> {
-    file: &'a File,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for RangeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf
-            .len()
-            .min(usize::try_from(self.end - self.pos).unwrap_or(usize::MAX));
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the image ended early (changed while it was compressed?)",
-            ));
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
+    Ok((size, hex(&hasher.finalize())))
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use self::chunks::{ChunkStore, Compressed};
 use crate::image::PendingOutput;
 use crate::profile::{Node, Profile, Target};
 use crate::plan::release::Release;
+use crate::io::{AtPath, PathError};
 
 /// The checksum file, in the format of Ubuntu's (`<sha256> *<file>`, one line per file).
 pub const SHA256SUMS: &str = "SHA256SUMS";
@@ -38,13 +39,8 @@ pub const OS_LIST: &str = "os_list.json";
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
     /// I/O on a named file failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// An index file could not be written or moved into place.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
@@ -58,12 +54,6 @@ pub enum DistError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DistError + '_ {
-    move |source| DistError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// `--shard K/N`: this run builds nodes K, K+N, K+2N, ... of the profile (1-based, file order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +199,7 @@ fn write_bmap(raw: &Path, out: &Path) -> Result<String> {
     let mut text = Vec::new();
     map.write_bmap(raw, &mut text)?;
     write_atomic(out, &text)?;
-    Ok(crate::base::fetch::hex(&sha2::Sha256::digest(&text)))
+    Ok(crate::io::hex(&sha2::Sha256::digest(&text)))
 }
 
 /// The `os_list.json` entry for `a`.
@@ -343,7 +333,7 @@ fn read_existing(path: &Path) -> Result<Option<String>, DistError> {
     match fs::read_to_string(path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path)(e)),
+        Err(e) => Err(PathError::new(path, e).into()),
     }
 }
 
@@ -351,7 +341,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistError> {
     let mut out = PendingOutput::create(path)?;
     out.file()
         .write_all(bytes)
-        .map_err(io_err(out.temp_path()))?;
+        .at(out.temp_path())?;
     out.commit()?;
     Ok(())
 }

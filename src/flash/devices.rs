@@ -6,9 +6,9 @@
 //! the real ones: their device number leads into the tree.
 
 use std::fs;
-use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use crate::io::{AtPath, PathError};
 
 /// Mount points whose disk is the running system's: never a flash target.
 const SYSTEM_MOUNTS: &[&str] = &["/", "/boot", "/boot/efi"];
@@ -19,13 +19,8 @@ const MAX_STACK: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// Reading sysfs or procfs, or the device node, failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// The target is not a block device (and `--to-file` was not given).
     #[error(
         "{}: refusing to write: not a block device (use --to-file to write an image file)",
@@ -56,12 +51,6 @@ pub enum DeviceError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DeviceError + '_ {
-    move |source| DeviceError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// Where sysfs and procfs are read from: `/` normally, a fake tree in tests.
 #[derive(Debug, Clone)]
@@ -233,7 +222,7 @@ fn unescape(field: &str) -> String {
 
 fn mounts(root: &SysRoot) -> Result<Vec<Mount>, DeviceError> {
     let path = root.path("/proc/self/mountinfo");
-    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+    let text = fs::read_to_string(&path).at(&path)?;
     Ok(text
         .lines()
         .filter_map(|line| {
@@ -330,7 +319,7 @@ fn disk(
 ) -> Result<Disk, DeviceError> {
     let base = format!("/sys/block/{name}");
     let dir = root.path(&base);
-    let canonical = fs::canonicalize(&dir).map_err(io_err(&dir))?;
+    let canonical = fs::canonicalize(&dir).at(&dir)?;
     let size = root
         .read(&format!("{base}/size"))
         .and_then(|s| s.parse::<u64>().ok())
@@ -455,7 +444,7 @@ pub fn list(root: &SysRoot) -> Result<Vec<Disk>, DeviceError> {
 /// The disk behind the device node `node` (a real `/dev` path), read through `root`. Refuses
 /// anything that is not a block device, and partitions.
 pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
-    let meta = fs::metadata(node).map_err(io_err(node))?;
+    let meta = fs::metadata(node).at(node)?;
     if !meta.file_type().is_block_device() {
         return Err(DeviceError::NotBlock {
             path: node.to_owned(),
@@ -464,7 +453,7 @@ pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
     let rdev = meta.rdev();
     let dev = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
     let sys = root.path(&format!("/sys/dev/block/{dev}"));
-    let dir = fs::canonicalize(&sys).map_err(io_err(&sys))?;
+    let dir = fs::canonicalize(&sys).at(&sys)?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -25,6 +25,7 @@ use crate::image::blockmap::{BlockMap, BlockMapError, ChecksumKind, is_zero};
 use self::devices::{DeviceError, Disk, SysRoot};
 use crate::image::{self, Format};
 use crate::io::progress::Progress;
+use crate::io::{AtPath, PathError, read_full};
 
 /// Size of the pieces handed from the reader to the writers, and of each write.
 pub const CHUNK: usize = 4 << 20;
@@ -46,13 +47,8 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 #[derive(Debug, thiserror::Error)]
 pub enum FlashError {
     /// I/O on a named file or device failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file or device.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// The image could not be read or decompressed.
     #[error(transparent)]
     Image(#[from] image::ImageError),
@@ -109,12 +105,6 @@ pub enum FlashError {
     NotConfirmed,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FlashError + '_ {
-    move |source| FlashError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// An image to flash: its compression, and the block map saying what to write.
 #[derive(Debug, Clone)]
@@ -137,11 +127,8 @@ impl Source {
     /// Open `path` (raw, `.xz`, `.gz` or `.zst`, judged by content) and find its block map:
     /// `IMAGE.bmap` (or, for `x.img.xz`, `x.img.bmap`) if present, else made from a raw image.
     pub fn open(path: &Path) -> Result<Source, FlashError> {
-        let mut file = File::open(path).map_err(io_err(path))?;
-        let len = file.metadata().map_err(io_err(path))?.len();
-        let mut head = [0u8; 6];
-        let got = read_full(&mut file, &mut head).map_err(io_err(path))?;
-        let format = Format::sniff(&head[..got]);
+        let len = std::fs::metadata(path).at(path)?.len();
+        let format = Format::of_file(path)?;
         let mut candidates = vec![with_suffix(path, ".bmap")];
         if format != Format::Raw
             && let Some(stem) = path.file_stem()
@@ -151,7 +138,7 @@ impl Source {
         let bmap_path = candidates.into_iter().find(|p| p.is_file());
         let map = match &bmap_path {
             Some(b) => {
-                let text = std::fs::read_to_string(b).map_err(io_err(b))?;
+                let text = std::fs::read_to_string(b).at(b)?;
                 let map = BlockMap::read_bmap(&text, &b.display().to_string())?;
                 if format == Format::Raw && map.image_size != len {
                     return Err(FlashError::Source {
@@ -204,7 +191,7 @@ impl Source {
 
     /// The image as a stream of raw bytes.
     fn stream(&self) -> Result<Stream, FlashError> {
-        let file = File::open(&self.path).map_err(io_err(&self.path))?;
+        let file = File::open(&self.path).at(&self.path)?;
         Ok(match self.format {
             Format::Raw => Stream::Raw(file),
             f => Stream::Decoded(
@@ -277,19 +264,6 @@ impl Stream {
             }
         }
     }
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// A buffer whose data starts at a 4096-byte aligned address (for `O_DIRECT`), made without
@@ -628,7 +602,7 @@ impl Target {
                     }
                     .into());
                 }
-                let im = std::fs::metadata(image).map_err(io_err(image))?;
+                let im = std::fs::metadata(image).at(image)?;
                 if im.dev() == m.dev() && im.ino() == m.ino() {
                     return Err(DeviceError::Refused {
                         path: path.to_owned(),
@@ -702,10 +676,7 @@ pub fn confirm(
     input: &mut dyn BufRead,
     output: &mut dyn Write,
 ) -> Result<(), FlashError> {
-    let io = |e| FlashError::Io {
-        path: PathBuf::from("<terminal>"),
-        source: e,
-    };
+    let io = |e| FlashError::Io(PathError { path: PathBuf::from("<terminal>"), source: e });
     for job in jobs {
         for t in &job.targets {
             writeln!(
@@ -774,10 +745,7 @@ pub fn flash(jobs: &[Job], opts: FlashOptions) -> Vec<Outcome> {
                     bytes: 0,
                     write_secs: 0.0,
                     verify_secs: 0.0,
-                    result: Err(FlashError::Io {
-                        path: PathBuf::from("<writer>"),
-                        source: io::Error::other("writer thread panicked"),
-                    }),
+                    result: Err(FlashError::Io(PathError { path: PathBuf::from("<writer>"), source: io::Error::other("writer thread panicked") })),
                 })
             })
             .collect()
@@ -807,22 +775,19 @@ fn open_target(t: &Target) -> Result<(File, bool), FlashError> {
         match open(true) {
             Ok(f) => Ok((f, true)),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                open(false).map(|f| (f, false)).map_err(io_err(&t.path))
+                Ok(open(false).map(|f| (f, false)).at(&t.path)?)
             }
-            Err(e) => Err(FlashError::Io {
-                path: t.path.clone(),
-                source: e,
-            }),
+            Err(e) => Err(FlashError::Io(PathError { path: t.path.clone(), source: e })),
         }
     } else {
-        OpenOptions::new()
+        Ok(OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&t.path)
             .map(|f| (f, false))
-            .map_err(io_err(&t.path))
+            .at(&t.path)?)
     }
 }
 
@@ -849,10 +814,7 @@ fn set_direct(f: &File, on: bool) -> io::Result<()> {
 fn fdatasync(f: &File, path: &Path) -> Result<(), FlashError> {
     // SAFETY: fdatasync on a descriptor we own.
     if unsafe { libc::fdatasync(f.as_raw_fd()) } < 0 {
-        return Err(FlashError::Io {
-            path: path.to_owned(),
-            source: io::Error::last_os_error(),
-        });
+        return Err(FlashError::Io(PathError { path: path.to_owned(), source: io::Error::last_os_error() }));
     }
     Ok(())
 }
@@ -868,16 +830,16 @@ fn write_at(
     let aligned =
         data.len() % 512 == 0 && offset % 512 == 0 && data.as_ptr().align_offset(512) == 0;
     if *direct && !aligned {
-        set_direct(f, false).map_err(io_err(path))?;
+        set_direct(f, false).at(path)?;
         *direct = false;
     }
     match f.write_all_at(data, offset) {
         Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
-            set_direct(f, false).map_err(io_err(path))?;
+            set_direct(f, false).at(path)?;
             *direct = false;
-            f.write_all_at(data, offset).map_err(io_err(path))
+            Ok(f.write_all_at(data, offset).at(path)?)
         }
-        r => r.map_err(io_err(path)),
+        r => Ok(r.at(path)?),
     }
 }
 
@@ -957,15 +919,15 @@ fn write_target(
         // Everything else is on the device before the partition table makes it bootable.
         fdatasync(&file, &t.path)?;
         if direct {
-            set_direct(&file, false).map_err(io_err(&t.path))?;
+            set_direct(&file, false).at(&t.path)?;
         }
         for (offset, data) in &kept {
-            file.write_all_at(data, *offset).map_err(io_err(&t.path))?;
+            file.write_all_at(data, *offset).at(&t.path)?;
         }
         if t.disk.is_none() {
-            let len = file.metadata().map_err(io_err(&t.path))?.len();
+            let len = file.metadata().at(&t.path)?.len();
             if len < read.image_size {
-                file.set_len(read.image_size).map_err(io_err(&t.path))?;
+                file.set_len(read.image_size).at(&t.path)?;
             }
         }
         fdatasync(&file, &t.path)?;
@@ -1046,7 +1008,7 @@ fn verify_written(
                     let mut buf = back_rx.try_recv().unwrap_or_else(|_| Aligned::new(CHUNK));
                     buf.set_len(n);
                     file.read_exact_at(buf.as_mut(), pos)
-                        .map_err(io_err(path))?;
+                        .at(path)?;
                     pos += n as u64;
                     if tx.send((i, buf, pos == w.range.end)).is_err() {
                         return Ok(());
@@ -1073,10 +1035,7 @@ fn verify_written(
         }
         match reader.join() {
             Ok(r) => r.map(|()| bad),
-            Err(_) => Err(FlashError::Io {
-                path: path.to_owned(),
-                source: io::Error::other("the read-back thread failed"),
-            }),
+            Err(_) => Err(FlashError::Io(PathError { path: path.to_owned(), source: io::Error::other("the read-back thread failed") })),
         }
     })?;
     match bad {
@@ -1087,15 +1046,12 @@ fn verify_written(
 
 /// The length of a file or block device.
 fn target_len(f: &File, path: &Path) -> Result<u64, FlashError> {
-    let meta = f.metadata().map_err(io_err(path))?;
+    let meta = f.metadata().at(path)?;
     if meta.file_type().is_block_device() {
         let mut size: u64 = 0;
         // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid.
         if unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut size) } < 0 {
-            return Err(FlashError::Io {
-                path: path.to_owned(),
-                source: io::Error::last_os_error(),
-            });
+            return Err(FlashError::Io(PathError { path: path.to_owned(), source: io::Error::last_os_error() }));
         }
         Ok(size)
     } else {
@@ -1124,7 +1080,7 @@ fn first_difference(src: &Source, path: &Path, file: &File, range: &Range<u64>) 
                 .unwrap_or(a.len())
                 .min(a.len());
             stream.read(&mut a[..n]).map_err(|e| src.decode_err(e))?;
-            file.read_exact_at(&mut b[..n], pos).map_err(io_err(path))?;
+            file.read_exact_at(&mut b[..n], pos).at(path)?;
             if let Some(i) = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
                 return Ok(pos + i as u64);
             }
@@ -1141,10 +1097,10 @@ fn first_difference(src: &Source, path: &Path, file: &File, range: &Range<u64>) 
 
 /// Check that `target` holds the image (its mapped ranges, or all of it), without writing.
 pub fn verify(src: &Source, target: &Path, progress: bool) -> Result<u64, FlashError> {
-    let file = File::open(target).map_err(io_err(target))?;
+    let file = File::open(target).at(target)?;
     let block = file
         .metadata()
-        .map_err(io_err(target))?
+        .at(target)?
         .file_type()
         .is_block_device();
     let read = read_source(src, false, true, &mut Vec::new())?;

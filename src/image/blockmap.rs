@@ -18,6 +18,7 @@ use sha2::Digest;
 use crate::image::ext4::Ext4Fs;
 use crate::image::Format;
 use crate::image::partition::{Content, PartitionError, PartitionTable, TableKind};
+use crate::io::{AtPath, PathError, hex, read_full};
 
 /// The block size of maps made here (bmaptool's default, and the usual filesystem block size).
 pub const BLOCK_SIZE: u64 = 4096;
@@ -31,13 +32,8 @@ const SCAN_BUF: usize = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum BlockMapError {
     /// I/O on a named file failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// The image's partition table is broken (a missing table is fine: the image is scanned).
     #[error(transparent)]
     Partition(#[from] PartitionError),
@@ -77,12 +73,6 @@ pub enum BlockMapError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlockMapError + '_ {
-    move |source| BlockMapError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// The hash function of a `.bmap` file's range checksums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,13 +127,6 @@ impl RangeHasher {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// The per-range checksums a `.bmap` file carried, one per entry of [`BlockMap::ranges`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeChecksums {
@@ -175,17 +158,15 @@ impl BlockMap {
     /// like space outside the filesystems (its non-zero blocks are kept), which is never wrong,
     /// only slower.
     pub fn of_image(path: &Path) -> Result<BlockMap, BlockMapError> {
-        let mut file = File::open(path).map_err(io_err(path))?;
-        let image_size = file.metadata().map_err(io_err(path))?.len();
-        let mut head = [0u8; 6];
-        let got = read_up_to(&mut file, &mut head).map_err(io_err(path))?;
-        let format = Format::sniff(&head[..got]);
+        let format = Format::of_file(path)?;
         if format != Format::Raw {
             return Err(BlockMapError::Compressed {
                 path: path.to_owned(),
                 format: format.name(),
             });
         }
+        let mut file = File::open(path).at(path)?;
+        let image_size = file.metadata().at(path)?.len();
         let table = match PartitionTable::read(path) {
             Ok(t) => Some(t),
             Err(PartitionError::NoTable { .. }) => None,
@@ -205,7 +186,7 @@ impl BlockMap {
                 match &p.content {
                     Content::Fat { .. } => {
                         if let Some((ranges, fs_len)) =
-                            fat_used(&mut file, p.start, p.len).map_err(io_err(path))?
+                            fat_used(&mut file, p.start, p.len).at(path)?
                         {
                             used.extend(ranges);
                             known.push(p.start..p.start + fs_len);
@@ -213,10 +194,7 @@ impl BlockMap {
                     }
                     Content::Ext4 { .. } => {
                         if let Ok(fs) = Ext4Fs::open(path, p.start, p.len, false) {
-                            let ranges = fs.used_byte_ranges().map_err(|e| BlockMapError::Io {
-                                path: path.to_owned(),
-                                source: io::Error::other(e.to_string()),
-                            })?;
+                            let ranges = fs.used_byte_ranges().map_err(|e| BlockMapError::Io(PathError { path: path.to_owned(), source: io::Error::other(e.to_string()) }))?;
                             used.extend(
                                 ranges
                                     .into_iter()
@@ -230,7 +208,7 @@ impl BlockMap {
             }
         }
         for gap in complement(normalize(known, 1, image_size), image_size) {
-            used.extend(nonzero_blocks(&mut file, gap).map_err(io_err(path))?);
+            used.extend(nonzero_blocks(&mut file, gap).at(path)?);
         }
         Ok(BlockMap {
             image_size,
@@ -266,7 +244,7 @@ impl BlockMap {
     /// Write the map in bmaptool's format 2.0 (XML) with a sha256 per range, read from `image`,
     /// and the file's own checksum, so `bmaptool copy --bmap` accepts and verifies it.
     pub fn write_bmap(&self, image: &Path, out: &mut dyn Write) -> Result<(), BlockMapError> {
-        let mut file = File::open(image).map_err(io_err(image))?;
+        let mut file = File::open(image).at(image)?;
         let mut buf = vec![0u8; SCAN_BUF];
         let mut text = String::new();
         let mapped_blocks: u64 = self
@@ -310,11 +288,11 @@ impl BlockMap {
         );
         for r in &self.ranges {
             let mut h = ChecksumKind::Sha256.hasher();
-            file.seek(SeekFrom::Start(r.start)).map_err(io_err(image))?;
+            file.seek(SeekFrom::Start(r.start)).at(image)?;
             let mut left = r.end - r.start;
             while left > 0 {
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                file.read_exact(&mut buf[..n]).map_err(io_err(image))?;
+                file.read_exact(&mut buf[..n]).at(image)?;
                 h.update(&buf[..n]);
                 left -= n as u64;
             }
@@ -336,10 +314,7 @@ impl BlockMap {
         h.update(text.as_bytes());
         let text = text.replacen(&"0".repeat(64), &h.hex(), 1);
         out.write_all(text.as_bytes())
-            .map_err(|source| BlockMapError::Io {
-                path: PathBuf::from("<bmap output>"),
-                source,
-            })
+            .map_err(|source| BlockMapError::Io(PathError { path: PathBuf::from("<bmap output>"), source }))
     }
 
     /// Parse a `.bmap` file (formats 1.0 to 2.x as bmaptool writes them). The file's own
@@ -563,7 +538,7 @@ fn nonzero_blocks(file: &mut File, range: Range<u64>) -> io::Result<Vec<Range<u6
                 .unwrap_or(usize::MAX)
                 .min(buf.len());
             file.seek(SeekFrom::Start(pos))?;
-            let got = read_up_to(file, &mut buf[..n])?;
+            let got = read_full(file, &mut buf[..n])?;
             if got == 0 {
                 return Ok(out);
             }
@@ -620,7 +595,7 @@ pub fn is_zero(block: &[u8]) -> bool {
 fn fat_used(file: &mut File, start: u64, len: u64) -> io::Result<Option<(Vec<Range<u64>>, u64)>> {
     let mut bs = [0u8; 512];
     file.seek(SeekFrom::Start(start))?;
-    if read_up_to(file, &mut bs)? < bs.len() {
+    if read_full(file, &mut bs)? < bs.len() {
         return Ok(None);
     }
     let u16_at = |o: usize| u64::from(u16::from_le_bytes([bs[o], bs[o + 1]]));
@@ -719,19 +694,6 @@ fn fat_used(file: &mut File, start: u64, len: u64) -> io::Result<Option<(Vec<Ran
         used.push(s..data_start + clusters * cluster_bytes);
     }
     Ok(Some((used, total * bps)))
-}
-
-fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Everything between `<!--` and `-->` removed (bmaptool's comments mention element names).

@@ -11,6 +11,7 @@ pub mod partview;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use crate::io::{AtPath, PathError, read_full};
 
 /// Holes are made for all-zero runs of this many bytes (the usual filesystem block size).
 const SPARSE_BLOCK: usize = 4096;
@@ -26,13 +27,8 @@ const XZ_MEMLIMIT_THREADING: u64 = 256 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// I/O on a named file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// The compressed base is corrupt or truncated.
     #[error("{path}: cannot decompress: {reason}")]
     Decompress {
@@ -43,19 +39,13 @@ pub enum ImageError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// Open a base image for reading as a stream of raw image bytes: `.xz` files (recognised by their
 /// magic, whatever their name) are decompressed on all cores as they are read.
 pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, ImageError> {
-    let file = File::open(path).map_err(io_err(path))?;
+    let file = File::open(path).at(path)?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let head = reader.fill_buf().map_err(io_err(path))?;
+    let head = reader.fill_buf().at(path)?;
     if head.starts_with(XZ_MAGIC) {
         Ok(Box::new(XzStreams::new(reader)))
     } else {
@@ -65,10 +55,7 @@ pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, ImageError> {
 
 /// True when the file at `path` is `.xz`-compressed (judged by its magic bytes).
 pub fn is_compressed(path: &Path) -> Result<bool, ImageError> {
-    let mut head = [0u8; 6];
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let got = fill(&mut file, &mut head).map_err(io_err(path))?;
-    Ok(head[..got] == *XZ_MAGIC)
+    Ok(Format::of_file(path)? == Format::Xz)
 }
 
 /// How a base image (local or downloaded) is compressed, judged by its first bytes.
@@ -96,6 +83,14 @@ impl Format {
         } else {
             Format::Raw
         }
+    }
+
+    /// Judge the format of the file at `path` from its first bytes.
+    pub fn of_file(path: &Path) -> Result<Format, PathError> {
+        let mut head = [0u8; 6];
+        let mut file = File::open(path).at(path)?;
+        let got = read_full(&mut file, &mut head).at(path)?;
+        Ok(Format::sniff(&head[..got]))
     }
 
     /// A short name for messages: `xz`, `gzip`, `zstd`, `raw`.
@@ -221,7 +216,7 @@ pub fn copy_sparse(src: &mut dyn Read, dst: &mut File) -> io::Result<u64> {
     let mut buf = vec![0u8; COPY_BUF];
     let mut written: u64 = 0;
     loop {
-        let filled = fill(src, &mut buf)?;
+        let filled = read_full(src, &mut buf)?;
         if filled == 0 {
             break;
         }
@@ -244,20 +239,6 @@ pub fn copy_sparse(src: &mut dyn Read, dst: &mut File) -> io::Result<u64> {
     }
     dst.set_len(written)?;
     Ok(written)
-}
-
-/// Read until `buf` is full or the input ends; returns how many bytes were read.
-fn fill(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// An output file being written: a temp file beside the final path, renamed into place by
@@ -285,7 +266,7 @@ impl PendingOutput {
             .create(true)
             .truncate(true)
             .open(&temp)
-            .map_err(io_err(&temp))?;
+            .at(&temp)?;
         Ok(PendingOutput {
             temp,
             target: target.to_owned(),
@@ -311,13 +292,13 @@ impl PendingOutput {
 
     /// fsync the temp file, rename it to the final path and fsync the directory.
     pub fn commit(mut self) -> Result<PathBuf, ImageError> {
-        self.file.sync_all().map_err(io_err(&self.temp))?;
-        fs::rename(&self.temp, &self.target).map_err(io_err(&self.target))?;
+        self.file.sync_all().at(&self.temp)?;
+        fs::rename(&self.temp, &self.target).at(&self.target)?;
         self.committed = true;
         let dir = parent_dir(&self.target);
         File::open(&dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))?;
+            .at(&dir)?;
         Ok(self.target.clone())
     }
 }

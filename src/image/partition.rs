@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use crate::io::{AtPath, PathError, read_full};
 
 const SECTOR: u64 = 512;
 /// Byte offset of the 32-bit MBR disk identifier ("disk signature").
@@ -14,13 +15,8 @@ const MBR_DISK_ID_OFFSET: u64 = 440;
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionError {
     /// I/O on the image failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The image.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// The image has no partition table we can read.
     #[error("{path}: no valid partition table ({reason})")]
     NoTable {
@@ -136,10 +132,7 @@ pub struct PartitionTable {
 impl PartitionTable {
     /// Read the table of the image at `path` and probe each partition's content.
     pub fn read(path: &Path) -> Result<PartitionTable, PartitionError> {
-        let io = |source| PartitionError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |source| PartitionError::Io(PathError { path: path.to_owned(), source });
         let mut file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < SECTOR {
@@ -212,10 +205,7 @@ fn read_mbr(
     sector: &[u8; 512],
 ) -> Result<(TableKind, String, Vec<Partition>), PartitionError> {
     file.seek(SeekFrom::Start(0))
-        .map_err(|source| PartitionError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        .at(&path)?;
     let mbr = mbrman::MBR::read_from(file, SECTOR as u32).map_err(|e| PartitionError::NoTable {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -268,7 +258,7 @@ fn read_gpt(
 fn probe(file: &mut File, start: u64) -> std::io::Result<Content> {
     let mut head = [0u8; 2048];
     file.seek(SeekFrom::Start(start))?;
-    let got = read_up_to(file, &mut head)?;
+    let got = read_full(file, &mut head)?;
     if got < head.len() {
         return Ok(Content::Unknown);
     }
@@ -295,17 +285,6 @@ fn probe(file: &mut File, start: u64) -> std::io::Result<Content> {
     Ok(Content::Unknown)
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(got)
-}
-
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end])
@@ -316,10 +295,7 @@ fn c_string(bytes: &[u8]) -> String {
 /// Set the 32-bit MBR disk identifier of the image open in `file` (which `root=PARTUUID=<id>-02`
 /// refers to). Only those four bytes change.
 pub fn set_mbr_disk_id(file: &mut File, path: &Path, id: u32) -> Result<(), PartitionError> {
-    let io = |source| PartitionError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| PartitionError::Io(PathError { path: path.to_owned(), source });
     let mut sector = [0u8; 512];
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.read_exact(&mut sector).map_err(io)?;
@@ -393,10 +369,7 @@ pub fn convert_to_gpt(
     disk_guid: Guid,
     partition_guid: &dyn Fn(u32) -> Guid,
 ) -> Result<u64, PartitionError> {
-    let io = |source| PartitionError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| PartitionError::Io(PathError { path: path.to_owned(), source });
     let bad = |reason: String| PartitionError::NoTable {
         path: path.to_owned(),
         reason,

@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::image::ext4::{self, Attrs, Need};
+use crate::io::{AtPath, PathError};
 
 /// The longest name an ext4 directory entry holds, in bytes.
 const MAX_NAME: usize = 255;
@@ -22,13 +23,8 @@ const MAX_TARGET: usize = 4095;
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
     /// Reading the overlay tree failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory being read.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// Something in the tree cannot go into an image.
     #[error("{path}: {reason}")]
     Refused {
@@ -119,10 +115,7 @@ const ROOT: (u32, u32) = (0, 0);
 /// symlinks whose relative target climbs out of `dir`, device files, FIFOs and sockets, and
 /// names ext4 cannot hold or that are not UTF-8.
 pub fn load(dir: &Path, manifest: Option<&Path>) -> Result<Vec<OverlayEntry>, OverlayError> {
-    let meta = std::fs::metadata(dir).map_err(|source| OverlayError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+    let meta = std::fs::metadata(dir).at(&dir)?;
     if !meta.is_dir() {
         return Err(OverlayError::Refused {
             path: dir.to_owned(),
@@ -171,13 +164,9 @@ fn name_problem(name: &OsStr) -> Option<&'static str> {
 }
 
 fn walk(dir: &Path, rel: &[String], out: &mut Vec<OverlayEntry>) -> Result<(), OverlayError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| OverlayError::Io { path, source }
-    };
     let mut children = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(io(dir))? {
-        children.push(item.map_err(io(dir))?);
+    for item in std::fs::read_dir(dir).at(dir)? {
+        children.push(item.at(dir)?);
     }
     children.sort_by_key(|c| c.file_name());
     for child in children {
@@ -192,7 +181,7 @@ fn walk(dir: &Path, rel: &[String], out: &mut Vec<OverlayEntry>) -> Result<(), O
         }
         let mut child_rel = rel.to_vec();
         child_rel.push(name.to_string_lossy().into_owned());
-        let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+        let meta = std::fs::symlink_metadata(&path).at(&path)?;
         let ft = meta.file_type();
         let (kind, mode) = if ft.is_dir() {
             (OverlayKind::Dir, 0o755)
@@ -210,7 +199,7 @@ fn walk(dir: &Path, rel: &[String], out: &mut Vec<OverlayEntry>) -> Result<(), O
                 mode,
             )
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io(&path))?;
+            let target = std::fs::read_link(&path).at(&path)?;
             let target = target
                 .to_str()
                 .ok_or_else(|| refuse("symlink target is not valid UTF-8".into()))?
@@ -279,10 +268,7 @@ fn apply_manifest(manifest: &Path, entries: &mut [OverlayEntry]) -> Result<(), O
         manifest: manifest.to_owned(),
         problem,
     };
-    let text = std::fs::read_to_string(manifest).map_err(|source| OverlayError::Io {
-        path: manifest.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(manifest).at(&manifest)?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
     let index: BTreeMap<String, usize> = entries
         .iter()
