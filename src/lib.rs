@@ -3,6 +3,7 @@
 pub mod base;
 pub mod bootconf;
 pub mod build;
+pub mod cli;
 pub mod commands;
 pub mod dist;
 pub mod error;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pi_image::plan::cloudinit::{self, NodeCloudConfig};
-use pi_image::profile::StaticAddress;
 use pi_image::plan::release::Release;
+use pi_image::profile::StaticAddress;
 
 const KEY_A: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx8sOVzYVu6pgNpw2gEZm6hOEiXsWTjOb8wyNc3P0CB alice@laptop";

@@ -4,8 +4,8 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
+use pi_image::build::overlay::{self, OverlayAttrs, OverlayError, OverlayKind};
 use pi_image::image::ext4::{self, Need};
-use pi_image::profile::overlay::{self, OverlayAttrs, OverlayError, OverlayKind};
 
 fn write(root: &Path, rel: &str, body: &str, mode: u32) {
     let path = root.join(rel);

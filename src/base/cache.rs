@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::calendar::UtcDateTime;
 use crate::image::PendingOutput;
+use crate::io::calendar::UtcDateTime;
 use crate::io::{AtPath, PathError};
 
 /// Errors reading or changing the cache.
@@ -45,7 +45,6 @@ pub enum CacheError {
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
 }
-
 
 /// What is known about one cached image; stored as `<sha256>.toml` beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +90,18 @@ pub struct Cleaned {
     pub bytes: u64,
 }
 
+impl Cleaned {
+    /// Remove the file at `path` and count it.
+    pub fn remove(&mut self, path: &Path) -> Result<(), PathError> {
+        use std::os::unix::fs::MetadataExt;
+        let used = fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
+        fs::remove_file(path).at(path)?;
+        self.files += 1;
+        self.bytes += used;
+        Ok(())
+    }
+}
+
 /// An open cache directory.
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -114,6 +125,14 @@ impl Cache {
         match nonempty("HOME") {
             Some(h) => Ok(PathBuf::from(h).join(".cache").join("pi-image")),
             None => Err(CacheError::NoDefaultDir),
+        }
+    }
+
+    /// Open the cache at `dir`, or at the default place ([`Cache::default_dir`]).
+    pub fn open_or_default(dir: Option<&Path>) -> Result<Cache, CacheError> {
+        match dir {
+            Some(d) => Cache::open(d),
+            None => Cache::open(&Cache::default_dir()?),
         }
     }
 
@@ -229,9 +248,7 @@ impl Cache {
             reason: e.to_string(),
         })?;
         let mut out = PendingOutput::create(&path)?;
-        out.file()
-            .write_all(text.as_bytes())
-            .at(out.temp_path())?;
+        out.file().write_all(text.as_bytes()).at(out.temp_path())?;
         out.commit()?;
         Ok(())
     }
@@ -239,49 +256,28 @@ impl Cache {
     /// Remove every image, metadata file, partial download, compressed chunk and leftover temp
     /// file.
     pub fn clean(&self) -> Result<Cleaned, CacheError> {
-        use std::os::unix::fs::MetadataExt;
         let mut cleaned = Cleaned::default();
-        // Compressed chunks of release artifacts live in chunks/<codec>-<level>/.
-        let chunks = crate::dist::chunks::ChunkStore::root(&self.dir);
-        let mut dirs = vec![self.dir.clone(), self.dir.join("partial")];
-        match fs::read_dir(&chunks) {
-            Ok(entries) => {
-                for dirent in entries {
-                    let path = dirent.at(&chunks)?.path();
-                    if path.is_dir() {
-                        dirs.push(path);
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(PathError::new(&chunks, e).into()),
-        }
-        for dir in dirs {
+        for dir in [self.dir.clone(), self.dir.join("partial")] {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(PathError::new(&dir, e).into()),
             };
             for dirent in entries {
-                let dirent = dirent.at(&dir)?;
-                let path = dirent.path();
-                let name = dirent.file_name().to_string_lossy().into_owned();
+                let path = dirent.at(&dir)?.path();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 // Only what pi-image itself writes here: never the lock (another run may be
                 // waiting on it) nor files someone else put in the directory.
-                let chunk = dir.starts_with(&chunks)
-                    && [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e));
                 let ours = name.ends_with(".img")
                     || name.ends_with(".toml")
                     || name.ends_with(".part")
-                    || chunk
                     || (name.starts_with('.') && name.ends_with(".tmp"));
-                if !ours || !path.is_file() {
-                    continue;
+                if ours && path.is_file() {
+                    cleaned.remove(&path)?;
                 }
-                let used = fs::metadata(&path).map(|m| m.blocks() * 512).unwrap_or(0);
-                fs::remove_file(&path).at(&path)?;
-                cleaned.files += 1;
-                cleaned.bytes += used;
             }
         }
         Ok(cleaned)

@@ -19,11 +19,11 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::base::cache::{self, Cache, CacheError, CacheLock, Entry, Metadata};
-use crate::image::{self, Format, PendingOutput};
-use crate::profile::{BaseSpec, RemoteBase};
-use crate::io::progress::Progress;
 use crate::base::signature;
+use crate::image::{self, Format, PendingOutput};
+use crate::io::progress::Progress;
 use crate::io::{AtPath, PathError, hex};
+use crate::profile::RemoteBase;
 
 /// `SHA256SUMS` files are a few KiB; anything much larger is not one.
 const SUMS_MAX: u64 = 1 << 20;
@@ -181,7 +181,8 @@ pub struct Fetched {
     pub entry: Entry,
     /// False when it was already in the cache.
     pub downloaded: bool,
-    _lock: CacheLock,
+    /// The cache lock, held while the image is in use.
+    pub lock: CacheLock,
 }
 
 /// Make sure the cache holds the verified image for `remote`, downloading it if needed (unless
@@ -196,7 +197,7 @@ pub fn fetch(
         return Ok(Fetched {
             entry,
             downloaded: false,
-            _lock: lock,
+            lock,
         });
     }
     if opts.offline {
@@ -212,7 +213,7 @@ pub fn fetch(
         return Ok(Fetched {
             entry,
             downloaded: false,
-            _lock: lock,
+            lock,
         });
     }
     let mut attempt = 0;
@@ -247,41 +248,12 @@ pub fn fetch(
     };
     let entry = cache.insert(raw, meta)?;
     let part = cache.part_path(&expected);
-    fs::remove_file(&part)
-        .or_else(ignore_missing)
-        .at(&part)?;
+    fs::remove_file(&part).or_else(ignore_missing).at(&part)?;
     Ok(Fetched {
         entry,
         downloaded: true,
-        _lock: lock,
+        lock,
     })
-}
-
-/// The raw base image a build should read: a local path as it is, or for a URL the cached image,
-/// fetched first if the cache lacks it (never with `opts.offline`). The returned [`Fetched`], if
-/// any, holds the cache lock: keep it until the build is done.
-pub fn base_for_build(
-    base: &BaseSpec,
-    cache_dir: Option<&Path>,
-    opts: &FetchOptions,
-) -> Result<(PathBuf, Option<Fetched>), FetchError> {
-    match base {
-        BaseSpec::Path(p) => Ok((p.clone(), None)),
-        BaseSpec::Url(remote) => {
-            let cache = open_cache(cache_dir)?;
-            let mut fetched = fetch(&cache, remote, opts)?;
-            cache.touch(&mut fetched.entry)?;
-            Ok((fetched.entry.image.clone(), Some(fetched)))
-        }
-    }
-}
-
-/// The cache at `dir`, or at the default place ([`Cache::default_dir`]).
-pub fn open_cache(dir: Option<&Path>) -> Result<Cache, CacheError> {
-    match dir {
-        Some(d) => Cache::open(d),
-        None => Cache::open(&Cache::default_dir()?),
-    }
 }
 
 /// The release in a raw image's root filesystem (`PRETTY_NAME` of `/etc/os-release`), for
@@ -313,7 +285,6 @@ fn ignore_missing(e: io::Error) -> io::Result<()> {
         Err(e)
     }
 }
-
 
 fn client(url: &str) -> Result<reqwest::blocking::Client, FetchError> {
     reqwest::blocking::Client::builder()
@@ -616,7 +587,10 @@ fn download(
     let url = remote.url.as_str();
     let part_path = cache.part_path(expected);
     let fatal_io = |p: &Path, e: io::Error| {
-        Attempt::Fatal(FetchError::Io(PathError { path: p.to_owned(), source: e }))
+        Attempt::Fatal(FetchError::Io(PathError {
+            path: p.to_owned(),
+            source: e,
+        }))
     };
     let mut part_len = match fs::metadata(&part_path) {
         Ok(m) => m.len(),

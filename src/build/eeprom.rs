@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::image::bootfs::{BootFs, FatTimestamp};
 use crate::bootconf::eeprom::{self, BootOrder, EepromError};
 use crate::image::PendingOutput;
+use crate::image::bootfs::BootFsError;
+use crate::image::bootfs::{BootFs, FatTimestamp};
 use crate::image::partview::PartitionView;
-use crate::{Error, Result};
+use crate::io::{AtPath, PathError};
+use crate::profile::EepromSpec;
 
 /// Where the bootloader firmware is published, for the "no download yet" message.
 pub const FIRMWARE_URL: &str =
@@ -37,17 +39,83 @@ const FAT32_LBA: u8 = 0x0c;
 /// wrong file (an OS image) is caught before it is copied.
 const MAX_RECOVERY: u64 = 4 << 20;
 
-/// What to put into the EEPROM: the boot order, other settings, and where the firmware comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EepromSpec {
-    /// `BOOT_ORDER`.
-    pub boot_order: BootOrder,
-    /// Other bootloader settings (`POWER_OFF_ON_HALT`, ...), in the order given.
-    pub settings: Vec<(String, String)>,
-    /// The `pieeprom-*.bin` to start from; `None` means download (not available yet).
-    pub firmware: Option<PathBuf>,
-    /// The `recovery.bin` that flashes it.
-    pub recovery: Option<PathBuf>,
+/// Why the EEPROM update files or the card could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum EepromCardError {
+    /// I/O on a named file failed.
+    #[error(transparent)]
+    Io(#[from] PathError),
+    /// No firmware file was given, and downloading one is not built.
+    #[error(
+        "no EEPROM firmware given: downloading pieeprom-*.bin is not available yet; pass the \
+         firmware (--firmware, or `firmware` in the profile's eeprom table) and its recovery.bin, \
+         both from {FIRMWARE_URL}"
+    )]
+    NoFirmware,
+    /// No `recovery.bin` was given.
+    #[error(
+        "{}: no recovery.bin given: pass the recovery.bin (--recovery, or `recovery` in the \
+         profile's eeprom table) from the same rpi-eeprom release ({FIRMWARE_URL})",
+        firmware.display()
+    )]
+    NoRecovery {
+        /// The firmware that was given.
+        firmware: PathBuf,
+    },
+    /// An input file is larger than what it claims to be can be.
+    #[error("{}: {size} bytes is too large for {what}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// What it should be.
+        what: &'static str,
+    },
+    /// The firmware's sections or settings are not what the bootloader takes.
+    #[error("{}: {source}", path.display())]
+    Firmware {
+        /// The firmware file.
+        path: PathBuf,
+        /// What is wrong.
+        source: EepromError,
+    },
+    /// The firmware's `bootconf.txt` is not text.
+    #[error("{}: its bootconf.txt is not text; is this a pieeprom-*.bin?", path.display())]
+    BootconfNotText {
+        /// The firmware file.
+        path: PathBuf,
+    },
+    /// `recovery.bin` is empty.
+    #[error("{}: recovery.bin is empty", path.display())]
+    EmptyRecovery {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The card's partition table could not be made.
+    #[error("{}: {step} the partition table: {source}", path.display())]
+    PartitionTable {
+        /// The card image.
+        path: PathBuf,
+        /// `creating` or `writing`.
+        step: &'static str,
+        /// What mbrman said.
+        source: mbrman::Error,
+    },
+    /// The card's FAT32 filesystem could not be made.
+    #[error("{}: creating the FAT32 filesystem: {source}", path.display())]
+    Format {
+        /// The card image.
+        path: PathBuf,
+        /// What fatfs said.
+        source: std::io::Error,
+    },
+    /// The card image could not be written.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// The card's filesystem could not be written.
+    #[error(transparent)]
+    BootFs(#[from] crate::image::bootfs::BootFsError),
 }
 
 /// The update files' contents.
@@ -86,74 +154,67 @@ pub fn parse_setting(s: &str) -> Result<(String, String), EepromError> {
     Ok((key.to_string(), value.to_string()))
 }
 
-fn eeprom_err(path: &Path, e: EepromError) -> Error {
-    Error::Msg(format!("{}: {e}", path.display()))
-}
-
 /// Read `path`, refusing files over `max` bytes before reading them.
-fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    if len > max {
-        return Err(Error::Msg(format!(
-            "{}: {len} bytes is too large for {what}",
-            path.display()
-        )));
+fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>, EepromCardError> {
+    let f = File::open(path).at(path)?;
+    let size = f.metadata().at(path)?.len();
+    if size > max {
+        return Err(EepromCardError::TooLarge {
+            path: path.to_owned(),
+            size,
+            what,
+        });
     }
     let mut data = Vec::new();
-    f.read_to_end(&mut data).map_err(io)?;
+    // Bounded again while reading, in case the file grows.
+    f.take(max + 1).read_to_end(&mut data).at(path)?;
+    if data.len() as u64 > max {
+        return Err(EepromCardError::TooLarge {
+            path: path.to_owned(),
+            size: data.len() as u64,
+            what,
+        });
+    }
     Ok(data)
 }
 
 /// Build the update files for `spec`: read the firmware, set `BOOT_ORDER` and the other
 /// settings in its `bootconf.txt`, sign it with `ts: <epoch>`, read `recovery.bin`.
-pub fn update_files(spec: &EepromSpec, epoch: i64) -> Result<UpdateFiles> {
-    let firmware = spec.firmware.as_ref().ok_or_else(|| {
-        Error::Msg(format!(
-            "no EEPROM firmware given: downloading pieeprom-*.bin is not available yet; pass the \
-             firmware (--firmware, or `firmware` in the profile's eeprom table) and its recovery.bin, \
-             both from {FIRMWARE_URL}"
-        ))
-    })?;
-    let recovery_path = spec.recovery.as_ref().ok_or_else(|| {
-        Error::Msg(format!(
-            "{}: no recovery.bin given: pass the recovery.bin (--recovery, or `recovery` in the \
-             profile's eeprom table) from the same rpi-eeprom release ({FIRMWARE_URL})",
-            firmware.display()
-        ))
-    })?;
+pub fn update_files(spec: &EepromSpec, epoch: i64) -> Result<UpdateFiles, EepromCardError> {
+    let firmware = spec.firmware.as_ref().ok_or(EepromCardError::NoFirmware)?;
+    let recovery_path = spec
+        .recovery
+        .as_ref()
+        .ok_or_else(|| EepromCardError::NoRecovery {
+            firmware: firmware.clone(),
+        })?;
+    let firmware_err = |source| EepromCardError::Firmware {
+        path: firmware.clone(),
+        source,
+    };
     let max_image = eeprom::VALID_IMAGE_SIZES.iter().max().copied().unwrap_or(0) as u64;
     let image = read_bounded(
         firmware,
         max_image,
         "a bootloader EEPROM image (pieeprom-*.bin, 512 KiB)",
     )?;
-    let current =
-        eeprom::read_file(&image, eeprom::BOOTCONF).map_err(|e| eeprom_err(firmware, e))?;
-    let current = std::str::from_utf8(current).map_err(|_| {
-        Error::Msg(format!(
-            "{}: its bootconf.txt is not text; is this a pieeprom-*.bin?",
-            firmware.display()
-        ))
+    let current = eeprom::read_file(&image, eeprom::BOOTCONF).map_err(firmware_err)?;
+    let current = std::str::from_utf8(current).map_err(|_| EepromCardError::BootconfNotText {
+        path: firmware.clone(),
     })?;
     let mut settings = vec![("BOOT_ORDER".to_string(), spec.boot_order.value.clone())];
     for (k, v) in &spec.settings {
-        eeprom::check_setting(k, v).map_err(|e| eeprom_err(firmware, e))?;
+        eeprom::check_setting(k, v).map_err(firmware_err)?;
         settings.push((k.clone(), v.clone()));
     }
     let bootconf = eeprom::bootconf(current, &settings);
     let upd = eeprom::replace_file(&image, eeprom::BOOTCONF, bootconf.as_bytes())
-        .map_err(|e| eeprom_err(firmware, e))?;
+        .map_err(firmware_err)?;
     let recovery = read_bounded(recovery_path, MAX_RECOVERY, "recovery.bin (about 100 KB)")?;
     if recovery.is_empty() {
-        return Err(Error::Msg(format!(
-            "{}: recovery.bin is empty",
-            recovery_path.display()
-        )));
+        return Err(EepromCardError::EmptyRecovery {
+            path: recovery_path.clone(),
+        });
     }
     let sig = eeprom::signature(&upd, epoch);
     Ok(UpdateFiles {
@@ -166,7 +227,10 @@ pub fn update_files(spec: &EepromSpec, epoch: i64) -> Result<UpdateFiles> {
 }
 
 /// Write the three update files into the root of a FAT boot partition.
-pub fn write_to<F: Read + Write + Seek>(fs: &BootFs<F>, files: &UpdateFiles) -> Result<()> {
+pub fn write_to<F: Read + Write + Seek>(
+    fs: &BootFs<F>,
+    files: &UpdateFiles,
+) -> Result<(), BootFsError> {
     for (name, content) in files.files() {
         fs.write_bytes(name, content)?;
     }
@@ -187,33 +251,33 @@ pub struct CardInfo {
 /// Write `out`: an MBR with one FAT32 partition holding exactly the three update files.
 /// Written to a temp file and renamed into place when complete; deterministic (disk and volume
 /// ids derived from the files, every timestamp from `epoch`).
-pub fn write_card(files: &UpdateFiles, out: &Path, epoch: i64) -> Result<CardInfo> {
+pub fn write_card(
+    files: &UpdateFiles,
+    out: &Path,
+    epoch: i64,
+) -> Result<CardInfo, EepromCardError> {
     let mut pending = PendingOutput::create(out)?;
     let temp = pending.temp_path().to_owned();
-    let io = |source| Error::Io {
-        path: temp.clone(),
-        source,
-    };
     let part_start = u64::from(PART_START_LBA) * SECTOR;
     let part_len = u64::from(PART_SECTORS) * SECTOR;
     let size = part_start + part_len;
     // Zero-filled and sparse: only the MBR and the filesystem's own blocks take space.
-    pending.file().set_len(size).map_err(io)?;
+    pending.file().set_len(size).at(&temp)?;
 
     let digest = Sha256::digest(format!("pi-image eeprom card\0{}", files.sig));
     let disk_id = [digest[0], digest[1], digest[2], digest[3]];
     let volume_id = u32::from_le_bytes([digest[4], digest[5], digest[6], digest[7]]);
 
-    let mut mbr = mbrman::MBR::new_from(pending.file(), SECTOR as u32, disk_id).map_err(|e| {
-        Error::Msg(format!(
-            "{}: creating the partition table: {e}",
-            out.display()
-        ))
-    })?;
-    let entry = mbr
-        .get_mut(1)
-        .ok_or_else(|| Error::Msg("mbrman has no first partition slot".into()))?;
-    *entry = mbrman::MBRPartitionEntry {
+    let table_err = |step| {
+        move |source| EepromCardError::PartitionTable {
+            path: out.to_owned(),
+            step,
+            source,
+        }
+    };
+    let mut mbr = mbrman::MBR::new_from(pending.file(), SECTOR as u32, disk_id)
+        .map_err(table_err("creating"))?;
+    mbr[1] = mbrman::MBRPartitionEntry {
         boot: mbrman::BOOT_INACTIVE,
         first_chs: mbrman::CHS::empty(),
         sys: FAT32_LBA,
@@ -221,30 +285,21 @@ pub fn write_card(files: &UpdateFiles, out: &Path, epoch: i64) -> Result<CardInf
         starting_lba: PART_START_LBA,
         sectors: PART_SECTORS,
     };
-    pending.file().seek(SeekFrom::Start(0)).map_err(io)?;
-    mbr.write_into(pending.file()).map_err(|e| {
-        Error::Msg(format!(
-            "{}: writing the partition table: {e}",
-            out.display()
-        ))
-    })?;
+    pending.file().seek(SeekFrom::Start(0)).at(&temp)?;
+    mbr.write_into(pending.file())
+        .map_err(table_err("writing"))?;
 
-    let view = || -> Result<PartitionView<File>> {
-        let f = pending_clone(&temp)?;
-        PartitionView::new(f, part_start, part_len).map_err(|source| Error::Io {
-            path: temp.clone(),
-            source,
-        })
+    let handle = pending.file().try_clone().at(&temp)?;
+    let view = || -> Result<PartitionView<File>, PathError> {
+        PartitionView::new(handle.try_clone().at(&temp)?, part_start, part_len).at(&temp)
     };
     let options = fatfs::FormatVolumeOptions::new()
         .fat_type(fatfs::FatType::Fat32)
         .volume_id(volume_id)
         .volume_label(*b"PI-EEPROM  ");
-    fatfs::format_volume(view()?, options).map_err(|e| {
-        Error::Msg(format!(
-            "{}: creating the FAT32 filesystem: {e}",
-            out.display()
-        ))
+    fatfs::format_volume(view()?, options).map_err(|source| EepromCardError::Format {
+        path: out.to_owned(),
+        source,
     })?;
     let fs = BootFs::open(view()?, FatTimestamp::from_unix(epoch))?;
     write_to(&fs, files)?;
@@ -257,16 +312,4 @@ pub fn write_card(files: &UpdateFiles, out: &Path, epoch: i64) -> Result<CardInf
         size,
         upd_sha256,
     })
-}
-
-/// Another handle on the temp file (the pending output's own handle stays with it).
-fn pending_clone(path: &Path) -> Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })
 }

@@ -1,34 +1,41 @@
-//! `pi-image inspect` and `pi-image nodes`: human-readable reports on an image and a profile.
+//! `pi-image inspect`: a human-readable report on an image, read without changing it.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::path::Path;
 
-use crate::image::bootfs::{BootFs, FatTimestamp};
+use crate::Result;
 use crate::bootconf::configtxt::{self, Model};
+use crate::cli::InspectArgs;
+use crate::image::bootfs::{BootFs, FatTimestamp};
 use crate::image::ext4::{self, Ext4Fs};
 use crate::image::partition::{Content, PartitionTable};
 use crate::image::partview::{PartitionView, ReadOnly};
-use crate::profile::Profile;
+use crate::io::AtPath;
 use crate::plan::release;
-use crate::{Error, Result};
 
 /// Boot-partition files shown verbatim, in this order.
 const SHOWN_FILES: [&str; 4] = ["cmdline.txt", "user-data", "network-config", "meta-data"];
 
+/// Print the report on `args.image`.
+pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let model = args
+        .model
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--model {}: {e}", args.model))?;
+    print!("{}", report(&args.image, model)?);
+    Ok(())
+}
+
 /// Describe the image at `path`: its partitions, release, the effective config.txt for `model`,
 /// the kernel command line and the cloud-init files. Never writes to the image.
-pub fn inspect(path: &Path, model: Model) -> Result<String> {
+pub fn report(path: &Path, model: Model) -> Result<String> {
     let table = PartitionTable::read(path)?;
     let boot = table.boot(path)?;
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
+    let file = File::open(path).at(path)?;
+    let size = file.metadata().at(path)?.len();
     let fs = BootFs::open(
-        PartitionView::new(ReadOnly(file), boot.start, boot.len).map_err(io)?,
+        PartitionView::new(ReadOnly(file), boot.start, boot.len).at(path)?,
         FatTimestamp::from_unix(0),
     )?;
     let text = |name: &str| -> Option<String> {
@@ -99,34 +106,4 @@ pub fn inspect(path: &Path, model: Model) -> Result<String> {
         }
     }
     Ok(out)
-}
-
-/// A table of the profile's nodes: name, hostname, address, target and overlays.
-pub fn nodes_table(profile: &Profile) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<10} {:<24} {:<20} {:<6} overlays",
-        "node", "hostname", "address", "target"
-    );
-    for n in &profile.nodes {
-        let fqdn = match &n.domain {
-            Some(d) => format!("{}.{d}", n.hostname),
-            None => n.hostname.clone(),
-        };
-        let address = match &n.network {
-            Some(net) => format!("{}/{}", net.address, net.prefix_len),
-            None => "dhcp".into(),
-        };
-        let _ = writeln!(
-            out,
-            "{:<10} {:<24} {:<20} {:<6} {}",
-            n.name,
-            fqdn,
-            address,
-            n.target.to_string(),
-            n.overlays.join(",")
-        );
-    }
-    out
 }

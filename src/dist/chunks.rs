@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use crate::base::cache::Cleaned;
 use crate::image::{ImageError, PendingOutput};
 use crate::io::{AtPath, FileRange, PathError, hex, sha256_hex};
 
@@ -54,7 +55,6 @@ pub enum ChunkError {
     #[error(transparent)]
     Image(#[from] ImageError),
 }
-
 
 /// A compression format for release artifacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -204,9 +204,39 @@ impl ChunkStore {
         self.compression
     }
 
-    /// Where every store lives under a cache directory (for `cache clean`).
-    pub fn root(cache_dir: &Path) -> PathBuf {
+    /// Where every store lives under a cache directory.
+    fn root(cache_dir: &Path) -> PathBuf {
         cache_dir.join("chunks")
+    }
+
+    /// Remove every store's chunks (and interrupted chunk writes) under `cache_dir`, counting
+    /// them in `cleaned`: `pi-image cache clean`.
+    pub fn clean(cache_dir: &Path, cleaned: &mut Cleaned) -> Result<(), ChunkError> {
+        let root = Self::root(cache_dir);
+        let stores = match fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(PathError::new(&root, e).into()),
+        };
+        for store in stores {
+            let dir = store.at(&root)?.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            for chunk in fs::read_dir(&dir).at(&dir)? {
+                let path = chunk.at(&dir)?.path();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let ours = [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e))
+                    || (name.starts_with('.') && name.ends_with(".tmp"));
+                if ours && path.is_file() {
+                    cleaned.remove(&path)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -307,9 +337,11 @@ fn hash_chunks(
                         let Some(&(start, len)) = chunks.get(i) else {
                             return Ok(());
                         };
-                        let key = sha256_hex(&mut FileRange::new(file, start, len)).inspect_err(|_| {
-                            failed.store(true, Ordering::Relaxed);
-                        })?;
+                        let key = sha256_hex(&mut FileRange::new(file, start, len)).inspect_err(
+                            |_| {
+                                failed.store(true, Ordering::Relaxed);
+                            },
+                        )?;
                         if let Ok(mut k) = keys.lock() {
                             k[i] = Some(key);
                         }
@@ -370,9 +402,7 @@ fn compress_missing(
             .collect();
         workers.into_iter().try_for_each(|w| {
             w.join().unwrap_or_else(|_| {
-                Err(PathError::new(path, io::Error::other(
-                    "a compressing thread panicked",
-                )).into())
+                Err(PathError::new(path, io::Error::other("a compressing thread panicked")).into())
             })
         })
     })
@@ -388,10 +418,7 @@ fn compress_chunk(
 ) -> Result<(), ChunkError> {
     let mut out = PendingOutput::create(&store.path(key))?;
     let temp = out.temp_path().to_owned();
-    let mut src = BufReader::with_capacity(
-        BUF,
-        FileRange::new(file, start, len),
-    );
+    let mut src = BufReader::with_capacity(BUF, FileRange::new(file, start, len));
     let mut dst = BufWriter::with_capacity(BUF, out.file());
     store
         .compression

@@ -20,15 +20,15 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::Result;
-use crate::image::blockmap::BlockMap;
-use crate::build::{self, BuildOptions};
-use crate::io::calendar::UtcDateTime;
 use self::chunks::{ChunkStore, Compressed};
+use crate::Result;
+use crate::build::{self, BuildOptions};
 use crate::image::PendingOutput;
-use crate::profile::{Node, Profile, Target};
-use crate::plan::release::Release;
+use crate::image::blockmap::BlockMap;
+use crate::io::calendar::UtcDateTime;
 use crate::io::{AtPath, PathError};
+use crate::plan::release::Release;
+use crate::profile::{Node, Profile, Target};
 
 /// The checksum file, in the format of Ubuntu's (`<sha256> *<file>`, one line per file).
 pub const SHA256SUMS: &str = "SHA256SUMS";
@@ -53,7 +53,6 @@ pub enum DistError {
         reason: String,
     },
 }
-
 
 /// `--shard K/N`: this run builds nodes K, K+N, K+2N, ... of the profile (1-based, file order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,9 +338,7 @@ fn read_existing(path: &Path) -> Result<Option<String>, DistError> {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistError> {
     let mut out = PendingOutput::create(path)?;
-    out.file()
-        .write_all(bytes)
-        .at(out.temp_path())?;
+    out.file().write_all(bytes).at(out.temp_path())?;
     out.commit()?;
     Ok(())
 }

@@ -5,10 +5,10 @@
 //! `proc/self/mountinfo` and `proc/swaps` under the root. Device nodes (`/dev/sdb`) are always
 //! the real ones: their device number leads into the tree.
 
+use crate::io::{AtPath, PathError};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use crate::io::{AtPath, PathError};
 
 /// Mount points whose disk is the running system's: never a flash target.
 const SYSTEM_MOUNTS: &[&str] = &["/", "/boot", "/boot/efi"];
@@ -50,7 +50,6 @@ pub enum DeviceError {
         reason: String,
     },
 }
-
 
 /// Where sysfs and procfs are read from: `/` normally, a fake tree in tests.
 #[derive(Debug, Clone)]

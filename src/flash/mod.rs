@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::image::blockmap::{BlockMap, BlockMapError, ChecksumKind, is_zero};
 use self::devices::{DeviceError, Disk, SysRoot};
+use crate::image::blockmap::{BlockMap, BlockMapError, ChecksumKind, is_zero};
 use crate::image::{self, Format};
 use crate::io::progress::Progress;
 use crate::io::{AtPath, PathError, read_full};
@@ -104,7 +104,6 @@ pub enum FlashError {
     #[error("not confirmed; nothing was written")]
     NotConfirmed,
 }
-
 
 /// An image to flash: its compression, and the block map saying what to write.
 #[derive(Debug, Clone)]
@@ -676,7 +675,12 @@ pub fn confirm(
     input: &mut dyn BufRead,
     output: &mut dyn Write,
 ) -> Result<(), FlashError> {
-    let io = |e| FlashError::Io(PathError { path: PathBuf::from("<terminal>"), source: e });
+    let io = |e| {
+        FlashError::Io(PathError {
+            path: PathBuf::from("<terminal>"),
+            source: e,
+        })
+    };
     for job in jobs {
         for t in &job.targets {
             writeln!(
@@ -745,7 +749,10 @@ pub fn flash(jobs: &[Job], opts: FlashOptions) -> Vec<Outcome> {
                     bytes: 0,
                     write_secs: 0.0,
                     verify_secs: 0.0,
-                    result: Err(FlashError::Io(PathError { path: PathBuf::from("<writer>"), source: io::Error::other("writer thread panicked") })),
+                    result: Err(FlashError::Io(PathError {
+                        path: PathBuf::from("<writer>"),
+                        source: io::Error::other("writer thread panicked"),
+                    })),
                 })
             })
             .collect()
@@ -777,7 +784,10 @@ fn open_target(t: &Target) -> Result<(File, bool), FlashError> {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 Ok(open(false).map(|f| (f, false)).at(&t.path)?)
             }
-            Err(e) => Err(FlashError::Io(PathError { path: t.path.clone(), source: e })),
+            Err(e) => Err(FlashError::Io(PathError {
+                path: t.path.clone(),
+                source: e,
+            })),
         }
     } else {
         Ok(OpenOptions::new()
@@ -814,7 +824,10 @@ fn set_direct(f: &File, on: bool) -> io::Result<()> {
 fn fdatasync(f: &File, path: &Path) -> Result<(), FlashError> {
     // SAFETY: fdatasync on a descriptor we own.
     if unsafe { libc::fdatasync(f.as_raw_fd()) } < 0 {
-        return Err(FlashError::Io(PathError { path: path.to_owned(), source: io::Error::last_os_error() }));
+        return Err(FlashError::Io(PathError {
+            path: path.to_owned(),
+            source: io::Error::last_os_error(),
+        }));
     }
     Ok(())
 }
@@ -1007,8 +1020,7 @@ fn verify_written(
                         .min(CHUNK);
                     let mut buf = back_rx.try_recv().unwrap_or_else(|_| Aligned::new(CHUNK));
                     buf.set_len(n);
-                    file.read_exact_at(buf.as_mut(), pos)
-                        .at(path)?;
+                    file.read_exact_at(buf.as_mut(), pos).at(path)?;
                     pos += n as u64;
                     if tx.send((i, buf, pos == w.range.end)).is_err() {
                         return Ok(());
@@ -1035,7 +1047,10 @@ fn verify_written(
         }
         match reader.join() {
             Ok(r) => r.map(|()| bad),
-            Err(_) => Err(FlashError::Io(PathError { path: path.to_owned(), source: io::Error::other("the read-back thread failed") })),
+            Err(_) => Err(FlashError::Io(PathError {
+                path: path.to_owned(),
+                source: io::Error::other("the read-back thread failed"),
+            })),
         }
     })?;
     match bad {
@@ -1051,7 +1066,10 @@ fn target_len(f: &File, path: &Path) -> Result<u64, FlashError> {
         let mut size: u64 = 0;
         // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid.
         if unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut size) } < 0 {
-            return Err(FlashError::Io(PathError { path: path.to_owned(), source: io::Error::last_os_error() }));
+            return Err(FlashError::Io(PathError {
+                path: path.to_owned(),
+                source: io::Error::last_os_error(),
+            }));
         }
         Ok(size)
     } else {
@@ -1098,11 +1116,7 @@ fn first_difference(src: &Source, path: &Path, file: &File, range: &Range<u64>) 
 /// Check that `target` holds the image (its mapped ranges, or all of it), without writing.
 pub fn verify(src: &Source, target: &Path, progress: bool) -> Result<u64, FlashError> {
     let file = File::open(target).at(target)?;
-    let block = file
-        .metadata()
-        .at(target)?
-        .file_type()
-        .is_block_device();
+    let block = file.metadata().at(target)?.file_type().is_block_device();
     let read = read_source(src, false, true, &mut Vec::new())?;
     let total: u64 = read
         .written
@@ -1154,51 +1168,4 @@ pub fn summary(outcomes: &[Outcome]) -> String {
         ));
     }
     out
-}
-
-/// Node images built only to be flashed: a directory in the image cache, removed with the value.
-#[derive(Debug)]
-pub struct NodeImages {
-    dir: PathBuf,
-    /// (node name, image path) in the order asked for.
-    pub images: Vec<(String, PathBuf)>,
-}
-
-impl NodeImages {
-    /// Build `nodes` of `profile` from `base` into a fresh directory under `cache_dir`, exactly
-    /// as `build` would (same code, same bytes), for flashing straight away.
-    pub fn build(
-        profile: &crate::profile::Profile,
-        nodes: &[&crate::profile::Node],
-        base: PathBuf,
-        cache_dir: &Path,
-        epoch: i64,
-    ) -> crate::Result<NodeImages> {
-        let dir = cache_dir.join(format!("flash-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|source| crate::Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut this = NodeImages {
-            dir,
-            images: Vec::new(),
-        };
-        let opts = crate::build::BuildOptions {
-            base,
-            out_dir: this.dir.clone(),
-            epoch,
-        };
-        this.images = crate::build::build_nodes(profile, nodes, &opts)?
-            .into_iter()
-            .map(|b| (b.node, b.path))
-            .collect();
-        Ok(this)
-    }
-}
-
-impl Drop for NodeImages {
-    fn drop(&mut self) {
-        // Best effort: nothing to report to, and a leftover directory only takes space.
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use crate::image::ext4::Ext4Fs;
 use crate::image::Format;
+use crate::image::ext4::Ext4Fs;
 use crate::image::partition::{Content, PartitionError, PartitionTable, TableKind};
 use crate::io::{AtPath, PathError, hex, read_full};
 
@@ -72,7 +72,6 @@ pub enum BlockMapError {
         actual: String,
     },
 }
-
 
 /// The hash function of a `.bmap` file's range checksums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +193,12 @@ impl BlockMap {
                     }
                     Content::Ext4 { .. } => {
                         if let Ok(fs) = Ext4Fs::open(path, p.start, p.len, false) {
-                            let ranges = fs.used_byte_ranges().map_err(|e| BlockMapError::Io(PathError { path: path.to_owned(), source: io::Error::other(e.to_string()) }))?;
+                            let ranges = fs.used_byte_ranges().map_err(|e| {
+                                BlockMapError::Io(PathError {
+                                    path: path.to_owned(),
+                                    source: io::Error::other(e.to_string()),
+                                })
+                            })?;
                             used.extend(
                                 ranges
                                     .into_iter()
@@ -313,8 +317,12 @@ impl BlockMap {
         let mut h = ChecksumKind::Sha256.hasher();
         h.update(text.as_bytes());
         let text = text.replacen(&"0".repeat(64), &h.hex(), 1);
-        out.write_all(text.as_bytes())
-            .map_err(|source| BlockMapError::Io(PathError { path: PathBuf::from("<bmap output>"), source }))
+        out.write_all(text.as_bytes()).map_err(|source| {
+            BlockMapError::Io(PathError {
+                path: PathBuf::from("<bmap output>"),
+                source,
+            })
+        })
     }
 
     /// Parse a `.bmap` file (formats 1.0 to 2.x as bmaptool writes them). The file's own

@@ -8,10 +8,10 @@ pub mod ext4;
 pub mod partition;
 pub mod partview;
 
+use crate::io::{AtPath, PathError, read_full};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use crate::io::{AtPath, PathError, read_full};
 
 /// Holes are made for all-zero runs of this many bytes (the usual filesystem block size).
 const SPARSE_BLOCK: usize = 4096;
@@ -38,7 +38,6 @@ pub enum ImageError {
         reason: String,
     },
 }
-
 
 /// Open a base image for reading as a stream of raw image bytes: `.xz` files (recognised by their
 /// magic, whatever their name) are decompressed on all cores as they are read.
@@ -296,9 +295,7 @@ impl PendingOutput {
         fs::rename(&self.temp, &self.target).at(&self.target)?;
         self.committed = true;
         let dir = parent_dir(&self.target);
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .at(&dir)?;
+        File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
         Ok(self.target.clone())
     }
 }

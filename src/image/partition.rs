@@ -2,10 +2,10 @@
 //! and root partitions by what they hold, set the MBR disk identifier, and convert an MBR table
 //! to GPT at the same offsets.
 
+use crate::io::{AtPath, PathError, read_full};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use crate::io::{AtPath, PathError, read_full};
 
 const SECTOR: u64 = 512;
 /// Byte offset of the 32-bit MBR disk identifier ("disk signature").
@@ -132,8 +132,19 @@ pub struct PartitionTable {
 impl PartitionTable {
     /// Read the table of the image at `path` and probe each partition's content.
     pub fn read(path: &Path) -> Result<PartitionTable, PartitionError> {
-        let io = |source| PartitionError::Io(PathError { path: path.to_owned(), source });
-        let mut file = File::open(path).map_err(io)?;
+        Self::read_from(&mut File::open(path).at(path)?, path)
+    }
+
+    /// Read the table of the image open as `file`, whose errors name `path` (the image the user
+    /// gave, when `file` is a decompressed copy of it).
+    pub fn read_from(file: &mut File, path: &Path) -> Result<PartitionTable, PartitionError> {
+        let io = |source| {
+            PartitionError::Io(PathError {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < SECTOR {
             return Err(PartitionError::NoTable {
@@ -152,9 +163,9 @@ impl PartitionTable {
         // A protective MBR (type 0xee) means the real table is GPT.
         let protective = (0..4).any(|i| mbr_sector[446 + i * 16 + 4] == 0xee);
         let (kind, disk_id, mut partitions) = if protective {
-            read_gpt(path, &mut file)?
+            read_gpt(path, file)?
         } else {
-            read_mbr(path, &mut file, &mbr_sector)?
+            read_mbr(path, file, &mbr_sector)?
         };
         for p in &mut partitions {
             if p.end() > len {
@@ -165,7 +176,7 @@ impl PartitionTable {
                     len,
                 });
             }
-            p.content = probe(&mut file, p.start).map_err(io)?;
+            p.content = probe(file, p.start).map_err(io)?;
         }
         Ok(PartitionTable {
             kind,
@@ -204,8 +215,7 @@ fn read_mbr(
     file: &mut File,
     sector: &[u8; 512],
 ) -> Result<(TableKind, String, Vec<Partition>), PartitionError> {
-    file.seek(SeekFrom::Start(0))
-        .at(&path)?;
+    file.seek(SeekFrom::Start(0)).at(&path)?;
     let mbr = mbrman::MBR::read_from(file, SECTOR as u32).map_err(|e| PartitionError::NoTable {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -295,7 +305,12 @@ fn c_string(bytes: &[u8]) -> String {
 /// Set the 32-bit MBR disk identifier of the image open in `file` (which `root=PARTUUID=<id>-02`
 /// refers to). Only those four bytes change.
 pub fn set_mbr_disk_id(file: &mut File, path: &Path, id: u32) -> Result<(), PartitionError> {
-    let io = |source| PartitionError::Io(PathError { path: path.to_owned(), source });
+    let io = |source| {
+        PartitionError::Io(PathError {
+            path: path.to_owned(),
+            source,
+        })
+    };
     let mut sector = [0u8; 512];
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.read_exact(&mut sector).map_err(io)?;
@@ -369,7 +384,12 @@ pub fn convert_to_gpt(
     disk_guid: Guid,
     partition_guid: &dyn Fn(u32) -> Guid,
 ) -> Result<u64, PartitionError> {
-    let io = |source| PartitionError::Io(PathError { path: path.to_owned(), source });
+    let io = |source| {
+        PartitionError::Io(PathError {
+            path: path.to_owned(),
+            source,
+        })
+    };
     let bad = |reason: String| PartitionError::NoTable {
         path: path.to_owned(),
         reason,

@@ -117,7 +117,10 @@ impl Read for FileRange<'_> {
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("the file ends at byte {}, before byte {}", self.pos, self.end),
+                format!(
+                    "the file ends at byte {}, before byte {}",
+                    self.pos, self.end
+                ),
             ));
         }
         self.pos += n as u64;

@@ -23,8 +23,8 @@
 use serde_yaml_ng::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
-use crate::profile::StaticAddress;
 use crate::plan::release::Release;
+use crate::profile::StaticAddress;
 
 /// The name of the image's default user, created by `users: [default]`.
 const DEFAULT_USER: &str = "ubuntu";

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use self::cloudinit::NodeCloudConfig;
-use crate::image::partition::Guid;
-use crate::profile::{Node, PartitionScheme, Target};
-use crate::plan::release::Release;
 use crate::bootconf::{cmdline, configtxt};
+use crate::image::partition::Guid;
+use crate::plan::release::Release;
+use crate::profile::{Node, PartitionScheme, Target};
 
 /// Kernel parameters Kubernetes needs on a Raspberry Pi: memory cgroups are off by default there.
 pub const KUBERNETES_CMDLINE: [&str; 3] = [

@@ -2,7 +2,6 @@
 //! nodes. [`Profile::load`] parses and validates a profile completely before anything is
 //! written; every error names the file, the line:column and the field.
 
-pub mod overlay;
 pub mod sshkey;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,9 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::bootconf::eeprom::{self, BootOrder};
-use crate::build::eeprom::EepromSpec;
 use crate::bootconf::configtxt;
+use crate::bootconf::eeprom::{self, BootOrder};
 
 /// The official Ubuntu 20.04.5 arm64+raspi image, the default base of the demo profile.
 pub const UBUNTU_20_04_5_URL: &str = "https://cdimage.ubuntu.com/releases/20.04.5/release/ubuntu-20.04.5-preinstalled-server-arm64+raspi.img.xz";
@@ -121,6 +119,19 @@ pub struct Overclock {
     pub over_voltage: i32,
     /// Optional `gpu_freq` in MHz.
     pub gpu_freq: Option<u32>,
+}
+
+/// What to put into the EEPROM: the boot order, other settings, and where the firmware comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EepromSpec {
+    /// `BOOT_ORDER`.
+    pub boot_order: BootOrder,
+    /// Other bootloader settings (`POWER_OFF_ON_HALT`, ...), in the order given.
+    pub settings: Vec<(String, String)>,
+    /// The `pieeprom-*.bin` to start from; `None` means download (not available yet).
+    pub firmware: Option<PathBuf>,
+    /// The `recovery.bin` that flashes it.
+    pub recovery: Option<PathBuf>,
 }
 
 /// A static IPv4 configuration of one interface.

@@ -14,7 +14,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_long, c_void};
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
-use crate::plan::release::Release;
+use crate::plan::release::OsRelease;
 
 /// The C shim's interface. Every function returns 0 or a libext2fs/errno error code.
 mod ffi {
@@ -402,12 +402,24 @@ impl Ext4Fs {
     /// `writable` false nothing is ever written; with it true, only the filesystem's own range
     /// is written to, and only when something is changed.
     pub fn open(image: &Path, offset: u64, len: u64, writable: bool) -> Result<Ext4Fs, Ext4Error> {
+        Self::open_as(image, image, offset, len, writable)
+    }
+
+    /// [`Ext4Fs::open`] on the file `path`, whose errors name `image` instead (the image the user
+    /// gave, when `path` is a decompressed or edited copy of it).
+    pub fn open_as(
+        path: &Path,
+        image: &Path,
+        offset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<Ext4Fs, Ext4Error> {
         let open_err = |message: String| Ext4Error::Open {
             image: image.to_owned(),
             offset,
             message,
         };
-        let c_path = CString::new(image.as_os_str().as_encoded_bytes())
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| open_err("the image path contains a NUL byte".into()))?;
         let mut fs: ffi::Fs = std::ptr::null_mut();
         // SAFETY: c_path is NUL-terminated and fs is a valid out-pointer.
@@ -1064,80 +1076,6 @@ impl Drop for Ext4Fs {
     }
 }
 
-/// The fields of `/etc/os-release` pi-image uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OsRelease {
-    /// `ID`, e.g. "ubuntu" ("linux" when absent, as os-release(5) specifies).
-    pub id: String,
-    /// `VERSION_ID`, e.g. "20.04".
-    pub version_id: String,
-    /// `VERSION_CODENAME`, e.g. "focal".
-    pub version_codename: Option<String>,
-    /// `PRETTY_NAME`, e.g. "Ubuntu 20.04.5 LTS".
-    pub pretty_name: Option<String>,
-}
-
-impl OsRelease {
-    /// Parses os-release text (`KEY=value` lines, values optionally quoted). `None` when
-    /// `VERSION_ID` is missing.
-    pub fn parse(text: &str) -> Option<OsRelease> {
-        let mut id = None;
-        let mut version_id = None;
-        let mut version_codename = None;
-        let mut pretty_name = None;
-        for line in text.lines().map(str::trim) {
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            let value = unquote(value.trim());
-            match key.trim() {
-                "ID" => id = Some(value),
-                "VERSION_ID" => version_id = Some(value),
-                "VERSION_CODENAME" => version_codename = Some(value),
-                "PRETTY_NAME" => pretty_name = Some(value),
-                _ => {}
-            }
-        }
-        Some(OsRelease {
-            id: id.unwrap_or_else(|| "linux".into()),
-            version_id: version_id?,
-            version_codename,
-            pretty_name,
-        })
-    }
-
-    /// The Ubuntu release this is, when it is one pi-image knows.
-    pub fn release(&self) -> Option<Release> {
-        if self.id == "ubuntu" {
-            Release::from_version_id(&self.version_id)
-        } else {
-            None
-        }
-    }
-}
-
-/// Removes shell-style quotes: `"..."` with backslash escapes, or `'...'` verbatim.
-fn unquote(v: &str) -> String {
-    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
-        let mut out = String::new();
-        let mut chars = v[1..v.len() - 1].chars();
-        while let Some(c) = chars.next() {
-            match (c, chars.clone().next()) {
-                ('\\', Some(n @ ('"' | '\\' | '$' | '`'))) => {
-                    out.push(n);
-                    chars.next();
-                }
-                _ => out.push(c),
-            }
-        }
-        out
-    } else if v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'') {
-        v[1..v.len() - 1].to_owned()
-    } else {
-        v.to_owned()
-    }
-}
-
 /// Reads the release of the installed system from `/etc/os-release` (following its symlink,
 /// on Ubuntu `../usr/lib/os-release`), falling back to `/usr/lib/os-release`.
 pub fn os_release(fs: &Ext4Fs) -> Result<OsRelease, Ext4Error> {
@@ -1184,21 +1122,6 @@ mod tests {
         assert!(components("/./x").is_err());
         assert!(components(&format!("/{}", "a".repeat(256))).is_err());
         assert!(components(&format!("/{}", "a".repeat(255))).is_ok());
-    }
-
-    #[test]
-    fn ext4_os_release_is_parsed() {
-        let text = "NAME=\"Ubuntu\"\nVERSION=\"20.04.5 LTS (Focal Fossa)\"\nID=ubuntu\nID_LIKE=debian\n\
-                    PRETTY_NAME=\"Ubuntu 20.04.5 LTS\"\nVERSION_ID=\"20.04\"\nVERSION_CODENAME=focal\n";
-        let os = OsRelease::parse(text).unwrap();
-        assert_eq!(os.id, "ubuntu");
-        assert_eq!(os.version_id, "20.04");
-        assert_eq!(os.version_codename.as_deref(), Some("focal"));
-        assert_eq!(os.pretty_name.as_deref(), Some("Ubuntu 20.04.5 LTS"));
-        assert_eq!(os.release(), Some(Release::Focal));
-        assert_eq!(unquote(r#""a \"b\" \\ c""#), r#"a "b" \ c"#);
-        assert_eq!(unquote("'x y'"), "x y");
-        assert!(OsRelease::parse("ID=ubuntu\n").is_none());
     }
 
     #[test]

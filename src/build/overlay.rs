@@ -33,6 +33,16 @@ pub enum OverlayError {
         /// Why it is refused.
         reason: String,
     },
+    /// A named overlay has nothing to copy.
+    #[error("{}: overlay '{name}' (node {node}) has neither a boot/ nor a rootfs/ directory", dir.display())]
+    Empty {
+        /// The overlay's directory.
+        dir: PathBuf,
+        /// The overlay's name.
+        name: String,
+        /// The node that uses it.
+        node: String,
+    },
     /// The manifest is invalid.
     #[error("{manifest}: {problem}")]
     Manifest {
@@ -130,6 +140,55 @@ pub fn load(dir: &Path, manifest: Option<&Path>) -> Result<Vec<OverlayEntry>, Ov
         apply_manifest(manifest, &mut entries)?;
     }
     Ok(entries)
+}
+
+/// A node's overlays, each loaded in profile order.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOverlays {
+    /// What goes into the FAT boot partition (`<overlay>/boot/`).
+    pub boot: Vec<OverlayEntry>,
+    /// What goes into the ext4 root filesystem (`<overlay>/rootfs/`, with `rootfs.toml`).
+    pub rootfs: Vec<OverlayEntry>,
+}
+
+/// Load the overlays `names` (directories under `overlays_dir`) of node `node`: every `boot/`
+/// tree (which may hold no symlinks: FAT has none) and every `rootfs/` tree with its manifest.
+pub fn load_node(
+    overlays_dir: &Path,
+    names: &[String],
+    node: &str,
+) -> Result<NodeOverlays, OverlayError> {
+    let mut loaded = NodeOverlays::default();
+    for name in names {
+        let dir = overlays_dir.join(name);
+        let (boot, rootfs) = (dir.join("boot"), dir.join("rootfs"));
+        if !boot.is_dir() && !rootfs.is_dir() {
+            return Err(OverlayError::Empty {
+                dir,
+                name: name.clone(),
+                node: node.to_owned(),
+            });
+        }
+        if boot.is_dir() {
+            for entry in load(&boot, None)? {
+                if let OverlayKind::Symlink { .. } = entry.kind {
+                    return Err(OverlayError::Refused {
+                        path: boot.join(&entry.path),
+                        reason: "the FAT boot partition cannot hold symlinks".into(),
+                    });
+                }
+                loaded.boot.push(entry);
+            }
+        }
+        if rootfs.is_dir() {
+            let manifest = dir.join("rootfs.toml");
+            loaded.rootfs.extend(load(
+                &rootfs,
+                manifest.is_file().then_some(manifest.as_path()),
+            )?);
+        }
+    }
+    Ok(loaded)
 }
 
 /// An upper bound on the free bytes applying `entries` takes from a filesystem with 4 KiB
