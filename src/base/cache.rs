@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::PendingOutput;
 use crate::io::calendar::UtcDateTime;
-use crate::io::{AtPath, PathError};
+use crate::io::{AtPath, PathError, sums};
 
 /// Errors reading or changing the cache.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +217,7 @@ impl Cache {
             let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".toml")) else {
                 continue;
             };
-            if is_sha256(sha)
+            if sums::is_sha256(sha)
                 && let Some(e) = self.get(sha)?
             {
                 out.push(e);
@@ -311,11 +311,6 @@ fn read_meta(path: &Path) -> Result<Metadata, CacheError> {
         path: path.to_owned(),
         reason: e.message().trim().to_string(),
     })
-}
-
-/// True for 64 lowercase hex digits.
-pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The current time as RFC 3339 in UTC, to the second.

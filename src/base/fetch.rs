@@ -22,7 +22,7 @@ use crate::base::cache::{self, Cache, CacheError, CacheLock, Entry, Metadata};
 use crate::base::signature;
 use crate::image::{self, Format, PendingOutput};
 use crate::io::progress::Progress;
-use crate::io::{AtPath, PathError, hex};
+use crate::io::{AtPath, PathError, hex, sums};
 use crate::profile::RemoteBase;
 
 /// `SHA256SUMS` files are a few KiB; anything much larger is not one.
@@ -389,10 +389,13 @@ fn expected_sha256(
         }
     }
     let name = percent_decode(remote.file_name());
-    let listed = find_in_sums(&sums, &name).map_err(|reason| FetchError::BadSums {
-        sums_url: sums_url.clone(),
-        reason,
-    })?;
+    let listed = sums::parse(&sums)
+        .map_err(|e| FetchError::BadSums {
+            sums_url: sums_url.clone(),
+            reason: e.to_string(),
+        })?
+        .into_iter()
+        .find_map(|(file, sha)| (file == name).then_some(sha));
     let Some(listed) = listed else {
         return Err(FetchError::NotInSums {
             sums_url: sums_url.clone(),
@@ -429,33 +432,6 @@ fn get_small(client: &reqwest::blocking::Client, url: &str) -> Result<Vec<u8>, F
         });
     }
     Ok(body)
-}
-
-/// The sha256 listed for `name` in a `SHA256SUMS` file (`<hex> *<name>` or `<hex>  <name>`).
-pub fn find_in_sums(sums: &[u8], name: &str) -> Result<Option<String>, String> {
-    let text = std::str::from_utf8(sums).map_err(|_| "not UTF-8 text".to_string())?;
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        let Some((hex, rest)) = line.split_once(' ') else {
-            return Err(format!("line {}: expected '<sha256> *<name>'", i + 1));
-        };
-        let hex = hex.to_ascii_lowercase();
-        if !cache::is_sha256(&hex) {
-            return Err(format!("line {}: '{hex}' is not a sha256", i + 1));
-        }
-        // ' *name' (binary mode, Ubuntu's format) or '  name' (text mode).
-        let file = rest
-            .strip_prefix('*')
-            .or_else(|| rest.strip_prefix(' '))
-            .unwrap_or(rest);
-        if file == name {
-            return Ok(Some(hex));
-        }
-    }
-    Ok(None)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -756,23 +732,6 @@ fn content_range_start(resp: &reqwest::blocking::Response) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sums_lines_binary_and_text_mode() {
-        let a = "a".repeat(64);
-        let b = "B".repeat(64);
-        let sums = format!("{a} *one.img.xz\n{b}  two.img.xz\n");
-        assert_eq!(
-            find_in_sums(sums.as_bytes(), "one.img.xz").unwrap(),
-            Some(a)
-        );
-        assert_eq!(
-            find_in_sums(sums.as_bytes(), "two.img.xz").unwrap(),
-            Some("b".repeat(64))
-        );
-        assert_eq!(find_in_sums(sums.as_bytes(), "one.img").unwrap(), None);
-        assert!(find_in_sums(b"<html>not found</html>\n", "x").is_err());
-    }
 
     #[test]
     fn percent_decoding_of_file_names() {

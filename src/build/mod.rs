@@ -70,8 +70,8 @@ pub enum BuildError {
         profile: PathBuf,
         /// The node.
         node: String,
-        /// Why.
-        source: EepromCardError,
+        /// Why (boxed: the error type stays small).
+        source: Box<EepromCardError>,
     },
     /// `decompress_kernel` on a boot partition without `vmlinuz`.
     #[error("decompress_kernel: the boot partition has no vmlinuz")]
@@ -105,8 +105,8 @@ pub enum BuildError {
     RootFs {
         /// The node.
         node: String,
-        /// Why.
-        source: crate::image::ext4::Ext4Error,
+        /// Why (boxed: the error type stays small).
+        source: Box<crate::image::ext4::Ext4Error>,
     },
 }
 
@@ -206,7 +206,7 @@ pub fn build_nodes_with(
                 BuildError::Eeprom {
                     profile: profile.path.clone(),
                     node: node.name.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })?),
             None => None,

@@ -95,7 +95,7 @@ pub(super) fn build(
         .map_err(|e| match e {
             RootFsError::Ext4(source) => BuildError::RootFs {
                 node: node.name.clone(),
-                source,
+                source: Box::new(source),
             },
             RootFsError::NoSpace { need, free } => BuildError::NoSpace {
                 node: node.name.clone(),

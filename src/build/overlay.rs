@@ -125,7 +125,7 @@ const ROOT: (u32, u32) = (0, 0);
 /// symlinks whose relative target climbs out of `dir`, device files, FIFOs and sockets, and
 /// names ext4 cannot hold or that are not UTF-8.
 pub fn load(dir: &Path, manifest: Option<&Path>) -> Result<Vec<OverlayEntry>, OverlayError> {
-    let meta = std::fs::metadata(dir).at(&dir)?;
+    let meta = std::fs::metadata(dir).at(dir)?;
     if !meta.is_dir() {
         return Err(OverlayError::Refused {
             path: dir.to_owned(),
@@ -327,7 +327,7 @@ fn apply_manifest(manifest: &Path, entries: &mut [OverlayEntry]) -> Result<(), O
         manifest: manifest.to_owned(),
         problem,
     };
-    let text = std::fs::read_to_string(manifest).at(&manifest)?;
+    let text = std::fs::read_to_string(manifest).at(manifest)?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
     let index: BTreeMap<String, usize> = entries
         .iter()

@@ -10,30 +10,23 @@
 //! after another into one directory end with a complete index.
 
 pub mod chunks;
+pub mod index;
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::io::{self, Write};
+pub use self::index::{OS_LIST, OsEntry, SHA256SUMS, write_index};
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use self::chunks::{ChunkStore, Compressed};
 use crate::Result;
 use crate::build::{self, BuildOptions};
-use crate::image::PendingOutput;
 use crate::image::blockmap::BlockMap;
+use crate::io::PathError;
 use crate::io::calendar::UtcDateTime;
-use crate::io::{AtPath, PathError};
 use crate::plan::release::Release;
 use crate::profile::{Node, Profile, Target};
-
-/// The checksum file, in the format of Ubuntu's (`<sha256> *<file>`, one line per file).
-pub const SHA256SUMS: &str = "SHA256SUMS";
-/// The Raspberry Pi Imager repository file.
-pub const OS_LIST: &str = "os_list.json";
 
 /// Errors reading or writing the index files.
 #[derive(Debug, thiserror::Error)]
@@ -115,32 +108,6 @@ pub struct Artifact {
     pub release: Release,
 }
 
-/// An `os_list.json` entry, with the fields Raspberry Pi Imager reads for a custom image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OsEntry {
-    /// Shown in the OS list.
-    pub name: String,
-    /// Shown under the name.
-    pub description: String,
-    /// The compressed image, relative to `os_list.json`.
-    pub url: String,
-    /// Size of the decompressed image in bytes.
-    pub extract_size: u64,
-    /// sha256 of the decompressed image, hex.
-    pub extract_sha256: String,
-    /// Size of the compressed file in bytes.
-    pub image_download_size: u64,
-    /// sha256 of the compressed file, hex.
-    pub image_download_sha256: String,
-    /// `YYYY-MM-DD`, from `SOURCE_DATE_EPOCH`.
-    pub release_date: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct OsList {
-    os_list: Vec<OsEntry>,
-}
-
 /// Build `nodes` of `profile` and compress each into `<out>/<node>.img.<ext>` with the chunks of
 /// `store` (missing ones compressed on `jobs` threads), calling `report` after each node; then
 /// rewrite `SHA256SUMS` and `os_list.json` in the output directory.
@@ -153,8 +120,7 @@ pub fn build_artifacts(
     report: &mut dyn FnMut(&Artifact),
 ) -> Result<Vec<Artifact>> {
     // A broken index in the output directory fails now, not after every node was compressed.
-    read_sums(&opts.out_dir.join(SHA256SUMS))?;
-    read_os_list(&opts.out_dir.join(OS_LIST))?;
+    index::check_existing(&opts.out_dir)?;
     let ext = store.compression().codec.extension();
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();
@@ -197,7 +163,7 @@ fn write_bmap(raw: &Path, out: &Path) -> Result<String> {
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
     map.write_bmap(raw, &mut text)?;
-    write_atomic(out, &text)?;
+    index::write_atomic(out, &text)?;
     Ok(crate::io::hex(&sha2::Sha256::digest(&text)))
 }
 
@@ -244,105 +210,6 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Rewrite `<dir>/SHA256SUMS` and `<dir>/os_list.json` with `entries` (and, in SHA256SUMS only,
-/// the (file, sha256) pairs of `other_files`), keeping the existing entries for other files that
-/// are still in `dir`. Both are sorted by file name.
-pub fn write_index(
-    dir: &Path,
-    entries: &[OsEntry],
-    other_files: &[(String, String)],
-) -> Result<(), DistError> {
-    let sums_path = dir.join(SHA256SUMS);
-    let list_path = dir.join(OS_LIST);
-    let still_there = |file: &str| !file.contains('/') && dir.join(file).is_file();
-
-    let mut sums: BTreeMap<String, String> = read_sums(&sums_path)?
-        .into_iter()
-        .filter(|(file, _)| still_there(file))
-        .collect();
-    let mut list: BTreeMap<String, OsEntry> = read_os_list(&list_path)?
-        .into_iter()
-        .filter(|e| still_there(&e.url))
-        .map(|e| (e.url.clone(), e))
-        .collect();
-    for e in entries {
-        sums.insert(e.url.clone(), e.image_download_sha256.clone());
-        list.insert(e.url.clone(), e.clone());
-    }
-    sums.extend(other_files.iter().cloned());
-
-    let text: String = sums
-        .iter()
-        .map(|(file, sha)| format!("{sha} *{file}\n"))
-        .collect();
-    write_atomic(&sums_path, text.as_bytes())?;
-    let json = serde_json::to_string_pretty(&OsList {
-        os_list: list.into_values().collect(),
-    })
-    .map_err(|e| DistError::Index {
-        path: list_path.clone(),
-        reason: e.to_string(),
-    })?;
-    write_atomic(&list_path, format!("{json}\n").as_bytes())
-}
-
-/// The (file, sha256) pairs of an existing `SHA256SUMS`; none if there is no such file.
-fn read_sums(path: &Path) -> Result<Vec<(String, String)>, DistError> {
-    let Some(text) = read_existing(path)? else {
-        return Ok(Vec::new());
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let parsed = line.split_once(' ').and_then(|(sha, rest)| {
-                let file = rest.strip_prefix('*').or_else(|| rest.strip_prefix(' '))?;
-                (crate::base::cache::is_sha256(sha) && !file.is_empty())
-                    .then(|| (file.to_string(), sha.to_string()))
-            });
-            parsed.ok_or_else(|| DistError::Index {
-                path: path.to_owned(),
-                reason: format!(
-                    "line {}: '{line}' is not a checksum line (expected '<64 hex digits> *<file>')",
-                    i + 1
-                ),
-            })
-        })
-        .collect()
-}
-
-/// The entries of an existing `os_list.json`; none if there is no such file.
-fn read_os_list(path: &Path) -> Result<Vec<OsEntry>, DistError> {
-    let Some(text) = read_existing(path)? else {
-        return Ok(Vec::new());
-    };
-    serde_json::from_str::<OsList>(&text)
-        .map(|l| l.os_list)
-        .map_err(|e| DistError::Index {
-            path: path.to_owned(),
-            reason: format!(
-                "{e} (expected {{\"os_list\": [...]}} with name, description, url, extract_size, \
-                 extract_sha256, image_download_size, image_download_sha256 and release_date in \
-                 every entry)"
-            ),
-        })
-}
-
-fn read_existing(path: &Path) -> Result<Option<String>, DistError> {
-    match fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(PathError::new(path, e).into()),
-    }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistError> {
-    let mut out = PendingOutput::create(path)?;
-    out.file().write_all(bytes).at(out.temp_path())?;
-    out.commit()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,65 +242,5 @@ mod tests {
         seen.sort();
         assert_eq!(seen, items);
         assert_eq!(Shard { index: 2, count: 3 }.select(&refs), vec![&1, &4]);
-    }
-
-    fn entry(url: &str, sha: char) -> OsEntry {
-        OsEntry {
-            name: url.into(),
-            description: "d".into(),
-            url: url.into(),
-            extract_size: 2,
-            extract_sha256: "e".repeat(64),
-            image_download_size: 1,
-            image_download_sha256: sha.to_string().repeat(64),
-            release_date: "2022-09-01".into(),
-        }
-    }
-
-    #[test]
-    fn index_keeps_other_files_still_present_and_drops_gone_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["a.img.xz", "b.img.xz", "c.img.xz"] {
-            fs::write(dir.path().join(f), "x").unwrap();
-        }
-        write_index(
-            dir.path(),
-            &[entry("b.img.xz", 'b'), entry("c.img.xz", 'c')],
-            &[],
-        )
-        .unwrap();
-        fs::remove_file(dir.path().join("c.img.xz")).unwrap();
-        write_index(dir.path(), &[entry("a.img.xz", 'a')], &[]).unwrap();
-        let sums = fs::read_to_string(dir.path().join(SHA256SUMS)).unwrap();
-        assert_eq!(
-            sums,
-            format!(
-                "{} *a.img.xz\n{} *b.img.xz\n",
-                "a".repeat(64),
-                "b".repeat(64)
-            )
-        );
-        let list: OsList =
-            serde_json::from_str(&fs::read_to_string(dir.path().join(OS_LIST)).unwrap()).unwrap();
-        let urls: Vec<_> = list.os_list.iter().map(|e| e.url.as_str()).collect();
-        assert_eq!(urls, ["a.img.xz", "b.img.xz"]);
-    }
-
-    #[test]
-    fn a_broken_index_is_an_error_naming_it() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(SHA256SUMS), "not a checksum\n").unwrap();
-        let err = write_index(dir.path(), &[], &[]).unwrap_err().to_string();
-        assert!(
-            err.contains("SHA256SUMS: line 1") && err.contains("expected"),
-            "{err}"
-        );
-        fs::remove_file(dir.path().join(SHA256SUMS)).unwrap();
-        fs::write(dir.path().join(OS_LIST), "{\"os_list\": [{\"name\": 1}]}").unwrap();
-        let err = write_index(dir.path(), &[], &[]).unwrap_err().to_string();
-        assert!(
-            err.contains("os_list.json") && err.contains("expected"),
-            "{err}"
-        );
     }
 }

@@ -3,6 +3,7 @@
 //! to GPT at the same offsets.
 
 use crate::io::{AtPath, PathError, read_full};
+use crate::plan::ids::Guid;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -215,7 +216,7 @@ fn read_mbr(
     file: &mut File,
     sector: &[u8; 512],
 ) -> Result<(TableKind, String, Vec<Partition>), PartitionError> {
-    file.seek(SeekFrom::Start(0)).at(&path)?;
+    file.seek(SeekFrom::Start(0)).at(path)?;
     let mbr = mbrman::MBR::read_from(file, SECTOR as u32).map_err(|e| PartitionError::NoTable {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -325,45 +326,15 @@ pub fn set_mbr_disk_id(file: &mut File, path: &Path, id: u32) -> Result<(), Part
     Ok(())
 }
 
-/// A GUID, its 16 bytes in the order it is written as text (`0fc63daf-8483-...`). On disk, GPT
-/// stores the first three fields little-endian ([`Guid::to_disk`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Guid(pub [u8; 16]);
-
-impl Guid {
-    /// Microsoft basic data: the type of the FAT boot partition. The Pi 4 bootloader matches it
-    /// (and the EFI system type, whose FAT handling needed bootloader fixes in 2021).
-    pub const BASIC_DATA: Guid = Guid([
-        0xeb, 0xd0, 0xa0, 0xa2, 0xb9, 0xe5, 0x44, 0x33, 0x87, 0xc0, 0x68, 0xb6, 0xb7, 0x26, 0x99,
-        0xc7,
-    ]);
-    /// Linux filesystem data: the type of the ext4 root partition.
-    pub const LINUX_FS: Guid = Guid([
-        0x0f, 0xc6, 0x3d, 0xaf, 0x84, 0x83, 0x47, 0x72, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d,
-        0xe4,
-    ]);
-
-    /// The mixed-endian on-disk form: first three fields little-endian, the rest as written.
-    pub fn to_disk(self) -> [u8; 16] {
-        let b = self.0;
-        [
-            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-            b[14], b[15],
-        ]
-    }
-}
-
-impl std::fmt::Display for Guid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, byte) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
-    }
-}
+/// Microsoft basic data: the type of the FAT boot partition. The Pi 4 bootloader matches it (and
+/// the EFI system type, whose FAT handling needed bootloader fixes in 2021).
+pub const BASIC_DATA: Guid = Guid([
+    0xeb, 0xd0, 0xa0, 0xa2, 0xb9, 0xe5, 0x44, 0x33, 0x87, 0xc0, 0x68, 0xb6, 0xb7, 0x26, 0x99, 0xc7,
+]);
+/// Linux filesystem data: the type of the ext4 root partition.
+pub const LINUX_FS: Guid = Guid([
+    0x0f, 0xc6, 0x3d, 0xaf, 0x84, 0x83, 0x47, 0x72, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4,
+]);
 
 /// GPT constants: 128 entries of 128 bytes (32 sectors), so the first usable sector is 34 and
 /// the backup table takes the last 33 sectors.
@@ -407,8 +378,8 @@ pub fn convert_to_gpt(
     let mut end_lba = GPT_FIRST_USABLE;
     for (slot, p) in table.partitions.iter().enumerate() {
         let (type_guid, name) = match &p.content {
-            Content::Fat { label } => (Guid::BASIC_DATA, label.as_str()),
-            Content::Ext4 { label } => (Guid::LINUX_FS, label.as_str()),
+            Content::Fat { label } => (BASIC_DATA, label.as_str()),
+            Content::Ext4 { label } => (LINUX_FS, label.as_str()),
             Content::Unknown => {
                 return Err(bad(format!(
                     "partition {} holds neither FAT nor ext4: no GPT type for it",
@@ -520,12 +491,12 @@ mod tests {
     fn crc32_and_guid_encoding_follow_the_spec() {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
         assert_eq!(
-            Guid::BASIC_DATA.to_string(),
+            BASIC_DATA.to_string(),
             "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7"
         );
         // On disk the first three fields are little-endian (UEFI spec, appendix A).
         assert_eq!(
-            Guid::LINUX_FS.to_disk()[..8],
+            LINUX_FS.to_disk()[..8],
             [0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47]
         );
     }

@@ -1,11 +1,12 @@
 //! Small stream tools every layer uses, one copy each: I/O errors that name their file
 //! ([`PathError`], [`AtPath::at`]), reading until a buffer is full ([`read_full`]), lowercase
 //! hex ([`hex`]), sha256 of a stream ([`sha256_hex`]), positioned reads of a byte range of a
-//! shared file ([`FileRange`]), progress bars and log lines ([`progress`]) and UTC calendar
+//! shared file ([`FileRange`]), checksum files ([`sums`]), progress bars and log lines ([`progress`]) and UTC calendar
 //! dates for timestamps ([`calendar`]).
 
 pub mod calendar;
 pub mod progress;
+pub mod sums;
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -3,15 +3,15 @@
 //! [`crate::build`] reads the stock files and applies the plan.
 
 pub mod cloudinit;
+pub mod ids;
 pub mod release;
+
+pub use self::ids::{disk_id, gpt_disk_guid, gpt_guid, gpt_partition_guid};
 
 use std::collections::BTreeMap;
 
-use sha2::{Digest, Sha256};
-
 use self::cloudinit::NodeCloudConfig;
 use crate::bootconf::{cmdline, configtxt};
-use crate::image::partition::Guid;
 use crate::plan::release::Release;
 use crate::profile::{Node, PartitionScheme, Target};
 
@@ -103,37 +103,6 @@ pub struct NodePlan {
     pub decompress_kernel: bool,
     /// Files for the root filesystem (besides overlays).
     pub rootfs_files: Vec<RootfsFile>,
-}
-
-/// The node's MBR disk identifier: derived from the cluster and node names, so rebuilding gives
-/// the same id and no two nodes (or an SD card and an SSD of different nodes) share one.
-pub fn disk_id(cluster: &str, node: &str) -> u32 {
-    let digest = Sha256::digest(format!("pi-image disk id\0{cluster}\0{node}"));
-    let id = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    // 0 means "no identifier" to some tools.
-    if id == 0 { 1 } else { id }
-}
-
-/// A GUID derived from the cluster and node names and what it identifies (`disk`,
-/// `partition 2`): stable across rebuilds, unique per node. RFC 9562 version 8 (custom), the
-/// layout for name-based GUIDs from SHA-256.
-pub fn gpt_guid(cluster: &str, node: &str, what: &str) -> Guid {
-    let digest = Sha256::digest(format!("pi-image gpt guid\0{cluster}\0{node}\0{what}"));
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&digest[..16]);
-    b[6] = (b[6] & 0x0f) | 0x80; // version 8
-    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122/9562 variant
-    Guid(b)
-}
-
-/// The GPT disk GUID of a node's image.
-pub fn gpt_disk_guid(cluster: &str, node: &str) -> Guid {
-    gpt_guid(cluster, node, "disk")
-}
-
-/// The GPT unique partition GUID of partition `number` (1-based) of a node's image.
-pub fn gpt_partition_guid(cluster: &str, node: &str, number: u32) -> Guid {
-    gpt_guid(cluster, node, &format!("partition {number}"))
 }
 
 /// Plan the boot-partition edits for `node`.
@@ -301,13 +270,6 @@ mod tests {
             .unwrap()
             .nodes
             .remove(0)
-    }
-
-    #[test]
-    fn disk_ids_are_stable_and_differ_between_nodes_and_clusters() {
-        assert_eq!(disk_id("c", "pi1"), disk_id("c", "pi1"));
-        assert_ne!(disk_id("c", "pi1"), disk_id("c", "pi2"));
-        assert_ne!(disk_id("c", "pi1"), disk_id("d", "pi1"));
     }
 
     #[test]

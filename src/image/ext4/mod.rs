@@ -533,7 +533,8 @@ impl Ext4Fs {
         }
         let bs = self.block_size;
         // Bytes 0..1024 lie outside the bitmaps when blocks are 1 KiB (first data block 1).
-        let mut out = vec![0..1024];
+        let mut out = Vec::with_capacity(runs.len() + 1);
+        out.push(0..1024);
         out.extend(runs.iter().map(|&(first, n)| first * bs..(first + n) * bs));
         Ok(out)
     }
