@@ -77,6 +77,29 @@ pub(super) fn is_config_key(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A Linux interface name as `ip` takes it: at most 15 characters (IFNAMSIZ - 1).
+pub(super) fn is_interface_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// 64 hex digits (the caller lower-cases them).
+pub(super) fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The netmask of a /`prefix_len` subnet, as a number (`prefix_len` at most 32).
+pub(super) fn subnet_mask(prefix_len: u8) -> u32 {
+    // A shift by 32 would overflow.
+    if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix_len)
+    }
+}
+
 pub(super) fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, len) = s.split_once('/')?;
     let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
@@ -114,5 +137,17 @@ mod tests {
         assert_eq!(parse_cidr("192.168.1.13/33"), None);
         assert_eq!(parse_cidr("192.168.1.13"), None);
         assert_eq!(parse_cidr("192.168.1.13/024"), None);
+    }
+
+    #[test]
+    fn masks_interfaces_and_digests() {
+        assert_eq!(subnet_mask(0), 0);
+        assert_eq!(subnet_mask(24), 0xffff_ff00);
+        assert_eq!(subnet_mask(32), u32::MAX);
+        assert!(is_interface_name("eth0") && is_interface_name("enp1s0.100"));
+        assert!(!is_interface_name("") && !is_interface_name("a-very-long-name0"));
+        assert!(!is_interface_name("eth 0") && !is_interface_name("eth0/1"));
+        assert!(is_sha256_hex(&"ab".repeat(32)) && !is_sha256_hex(&"g".repeat(64)));
+        assert!(!is_sha256_hex(&"a".repeat(63)));
     }
 }

@@ -1,5 +1,11 @@
 //! Validation: turns the raw TOML into a [`Profile`], checking every value and naming the file,
 //! line:column and field of the first one that is wrong.
+//!
+//! A node's value for a field comes from its own `[[nodes]]` table or from `[defaults]`.
+//! [`Fields::pick`] makes that choice once and returns a [`Picked`] that knows which table the
+//! value came from, so each field's rule below only says what is wrong with the value.
+//! [`Validator::node`] calls the rules in a fixed order: the first error in that order is the one
+//! reported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -8,14 +14,15 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::raw::{RawCluster, RawEeprom, RawProfile, RawSettings};
+use super::raw::{ConfigValue, RawCluster, RawEeprom, RawProfile, RawSettings};
 use super::rules::{
-    is_config_key, is_config_section, is_domain, is_http_url, is_label, is_overlay_name,
-    is_sha512_crypt, is_timezone, is_user_name, parse_cidr,
+    is_config_key, is_config_section, is_domain, is_http_url, is_interface_name, is_label,
+    is_overlay_name, is_sha256_hex, is_sha512_crypt, is_timezone, is_user_name, parse_cidr,
+    subnet_mask,
 };
 use super::{
-    BaseSpec, EepromSpec, Node, Profile, ProfileError, RemoteBase, StaticAddress, Target,
-    UBUNTU_20_04_5_SUMS_URL, UBUNTU_20_04_5_URL, line_col, sshkey,
+    BaseSpec, EepromSpec, Node, Overclock, PartitionScheme, Profile, ProfileError, RemoteBase,
+    StaticAddress, Target, UBUNTU_20_04_5_SUMS_URL, UBUNTU_20_04_5_URL, line_col, sshkey,
 };
 use crate::bootconf::configtxt;
 use crate::bootconf::eeprom::{self, BootOrder};
@@ -36,11 +43,6 @@ impl<'a> Validator<'a> {
             dir: path.parent().unwrap_or(Path::new(".")),
         }
     }
-}
-
-/// Pick the node's value if set, else the default's.
-fn pick<'a, T>(node: &'a Option<T>, default: &'a Option<T>) -> Option<&'a T> {
-    node.as_ref().or(default.as_ref())
 }
 
 impl Validator<'_> {
@@ -89,46 +91,10 @@ impl Validator<'_> {
             ));
         }
         let mut nodes = Vec::new();
-        let mut seen_names: HashMap<String, usize> = HashMap::new();
-        let mut seen_hosts: HashMap<String, usize> = HashMap::new();
-        let mut seen_addrs: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut seen = Seen::default();
         for (i, raw_node) in raw.nodes.iter().enumerate() {
-            let at = |f: &str| format!("nodes[{i}].{f}");
             let node = self.node(i, raw_node, &raw.defaults, &overlays_dir)?;
-            let name_span = raw_node.name.as_ref().map(|n| n.span()).unwrap_or(0..0);
-            if let Some(j) = seen_names.insert(node.name.clone(), i) {
-                return Err(self.err(
-                    name_span,
-                    at("name"),
-                    format!("node name '{}' is already used by nodes[{j}]", node.name),
-                ));
-            }
-            let host_span = raw_node
-                .hostname
-                .as_ref()
-                .map(|h| h.span())
-                .unwrap_or(name_span.clone());
-            if let Some(j) = seen_hosts.insert(node.hostname.to_ascii_lowercase(), i) {
-                return Err(self.err(
-                    host_span,
-                    at("hostname"),
-                    format!("hostname '{}' is already used by nodes[{j}]", node.hostname),
-                ));
-            }
-            if let Some(net) = &node.network {
-                let span = raw_node
-                    .address
-                    .as_ref()
-                    .map(|a| a.span())
-                    .unwrap_or(name_span);
-                if let Some(j) = seen_addrs.insert(net.address, i) {
-                    return Err(self.err(
-                        span,
-                        at("address"),
-                        format!("address {} is already used by nodes[{j}]", net.address),
-                    ));
-                }
-            }
+            self.unique(&mut seen, i, raw_node, &node)?;
             nodes.push(node);
         }
         Ok(Profile {
@@ -140,291 +106,581 @@ impl Validator<'_> {
         })
     }
 
+    /// A node's name, hostname (case-insensitively) and address must not repeat an earlier
+    /// node's. The error points at the node's own line for it, else at its name.
+    fn unique(
+        &self,
+        seen: &mut Seen,
+        i: usize,
+        raw_node: &RawSettings,
+        node: &Node,
+    ) -> Result<(), ProfileError> {
+        let name_span = raw_node.name.as_ref().map_or(0..0, |n| n.span());
+        let own_span =
+            |s: &Option<Spanned<String>>| s.as_ref().map_or(name_span.clone(), |s| s.span());
+        let taken = |field: &str, span: Range<usize>, what: String, j: usize| {
+            self.err(
+                span,
+                format!("nodes[{i}].{field}"),
+                format!("{what} is already used by nodes[{j}]"),
+            )
+        };
+        if let Some(j) = seen.names.insert(node.name.clone(), i) {
+            let what = format!("node name '{}'", node.name);
+            return Err(taken("name", name_span.clone(), what, j));
+        }
+        if let Some(j) = seen.hosts.insert(node.hostname.to_ascii_lowercase(), i) {
+            let what = format!("hostname '{}'", node.hostname);
+            return Err(taken("hostname", own_span(&raw_node.hostname), what, j));
+        }
+        if let Some(net) = &node.network
+            && let Some(j) = seen.addresses.insert(net.address, i)
+        {
+            let what = format!("address {}", net.address);
+            return Err(taken("address", own_span(&raw_node.address), what, j));
+        }
+        Ok(())
+    }
+
     fn base(&self, cluster: &RawCluster) -> Result<BaseSpec, ProfileError> {
-        let base = &cluster.base;
-        let b = base.get_ref().trim();
+        let b = cluster.base.get_ref().trim();
         if b.is_empty() {
             return Err(self.err(
-                base.span(),
+                cluster.base.span(),
                 "cluster.base",
                 "empty (expected \"ubuntu-20.04.5\", a URL or a path)",
             ));
         }
-        let sha256 = match &cluster.base_sha256 {
-            Some(h) => {
-                let hex = h.get_ref().trim().to_ascii_lowercase();
-                if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(self.err(
-                        h.span(),
-                        "cluster.base_sha256",
-                        format!("'{}' is not a sha256 (expected 64 hex digits)", h.get_ref()),
-                    ));
-                }
-                Some(hex)
-            }
-            None => None,
-        };
-        let sums = match &cluster.base_sha256sums {
-            Some(u) => {
-                let url = u.get_ref().trim();
-                if !is_http_url(url) {
-                    return Err(self.err(
-                        u.span(),
-                        "cluster.base_sha256sums",
-                        format!(
-                            "'{url}' is not an http(s) URL (expected the SHA256SUMS file's URL)"
-                        ),
-                    ));
-                }
-                Some(url.to_string())
-            }
-            None => None,
-        };
-        let signing_key = match &cluster.base_signing_key {
-            Some(k) => {
-                let path = self.dir.join(k.get_ref());
-                if !path.is_file() {
-                    return Err(self.err(
-                        k.span(),
-                        "cluster.base_signing_key",
-                        format!(
-                            "'{}' is not a file (expected an OpenPGP public key, relative to the profile)",
-                            path.display()
-                        ),
-                    ));
-                }
-                Some(path)
-            }
-            None => None,
-        };
-        let remote = |url: &str, default_sums: Option<&str>, release: Option<&str>| {
-            let sha256sums = sums.clone().or(default_sums.map(str::to_string));
-            if let Some(k) = &cluster.base_signing_key
-                && sha256sums.is_none()
-            {
-                return Err(self.err(
-                    k.span(),
-                    "cluster.base_signing_key",
-                    "signs SHA256SUMS, but this base has no base_sha256sums (it is verified by base_sha256 alone)",
-                ));
-            }
-            if sha256.is_none() && sha256sums.is_none() {
-                // A download nobody can verify is refused rather than trusted.
-                return Err(self.err(
-                    base.span(),
-                    "cluster.base",
-                    format!("URL '{url}' has nothing to verify it against (add base_sha256 = \"<64 hex digits>\" or base_sha256sums = \"<URL of SHA256SUMS>\")"),
-                ));
-            }
-            let r = RemoteBase {
-                url: url.to_string(),
-                sha256: sha256.clone(),
-                sha256sums,
-                release: release.map(str::to_string),
-                signing_key: signing_key.clone(),
-            };
-            if r.file_name().is_empty() {
-                return Err(self.err(
-                    base.span(),
-                    "cluster.base",
-                    format!("URL '{url}' does not end in a file name"),
-                ));
-            }
-            Ok(BaseSpec::Url(r))
+        let sha256 = self.base_sha256(cluster)?;
+        let sums = self.base_sha256sums(cluster)?;
+        let signing_key = self.base_signing_key(cluster)?;
+        let remote = |url: &str, default_sums: Option<&str>, release: Option<&str>| RemoteBase {
+            url: url.to_string(),
+            sha256: sha256.clone(),
+            sha256sums: sums.clone().or(default_sums.map(str::to_string)),
+            release: release.map(str::to_string),
+            signing_key: signing_key.clone(),
         };
         match b {
-            "ubuntu-20.04.5" => remote(
-                UBUNTU_20_04_5_URL,
-                Some(UBUNTU_20_04_5_SUMS_URL),
-                Some("Ubuntu 20.04.5"),
+            "ubuntu-20.04.5" => self.remote(
+                cluster,
+                remote(
+                    UBUNTU_20_04_5_URL,
+                    Some(UBUNTU_20_04_5_SUMS_URL),
+                    Some("Ubuntu 20.04.5"),
+                ),
             ),
-            _ if is_http_url(b) => remote(b, None, None),
-            _ => {
-                // Checksums verify downloads; a local file is the user's own.
-                for (field, span) in [
-                    (
-                        "cluster.base_sha256",
-                        cluster.base_sha256.as_ref().map(|s| s.span()),
-                    ),
-                    (
-                        "cluster.base_sha256sums",
-                        cluster.base_sha256sums.as_ref().map(|s| s.span()),
-                    ),
-                ] {
-                    if let Some(span) = span {
-                        return Err(self.err(
-                            span,
-                            field,
-                            format!("only applies to a URL base, and base is the local file '{b}'"),
-                        ));
-                    }
-                }
-                Ok(BaseSpec::Path(self.dir.join(b)))
+            _ if is_http_url(b) => self.remote(cluster, remote(b, None, None)),
+            _ => self.local_base(cluster, b),
+        }
+    }
+
+    fn base_sha256(&self, cluster: &RawCluster) -> Result<Option<String>, ProfileError> {
+        let Some(h) = &cluster.base_sha256 else {
+            return Ok(None);
+        };
+        let hex = h.get_ref().trim().to_ascii_lowercase();
+        if !is_sha256_hex(&hex) {
+            return Err(self.err(
+                h.span(),
+                "cluster.base_sha256",
+                format!("'{}' is not a sha256 (expected 64 hex digits)", h.get_ref()),
+            ));
+        }
+        Ok(Some(hex))
+    }
+
+    fn base_sha256sums(&self, cluster: &RawCluster) -> Result<Option<String>, ProfileError> {
+        let Some(u) = &cluster.base_sha256sums else {
+            return Ok(None);
+        };
+        let url = u.get_ref().trim();
+        if !is_http_url(url) {
+            return Err(self.err(
+                u.span(),
+                "cluster.base_sha256sums",
+                format!("'{url}' is not an http(s) URL (expected the SHA256SUMS file's URL)"),
+            ));
+        }
+        Ok(Some(url.to_string()))
+    }
+
+    fn base_signing_key(&self, cluster: &RawCluster) -> Result<Option<PathBuf>, ProfileError> {
+        let Some(k) = &cluster.base_signing_key else {
+            return Ok(None);
+        };
+        let path = self.dir.join(k.get_ref());
+        if !path.is_file() {
+            return Err(self.err(
+                k.span(),
+                "cluster.base_signing_key",
+                format!(
+                    "'{}' is not a file (expected an OpenPGP public key, relative to the profile)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(path))
+    }
+
+    /// A download must be verifiable, and a signing key needs a `SHA256SUMS` to sign.
+    fn remote(&self, cluster: &RawCluster, r: RemoteBase) -> Result<BaseSpec, ProfileError> {
+        if let Some(k) = &cluster.base_signing_key
+            && r.sha256sums.is_none()
+        {
+            return Err(self.err(
+                k.span(),
+                "cluster.base_signing_key",
+                "signs SHA256SUMS, but this base has no base_sha256sums (it is verified by base_sha256 alone)",
+            ));
+        }
+        if r.sha256.is_none() && r.sha256sums.is_none() {
+            // A download nobody can verify is refused rather than trusted.
+            return Err(self.err(
+                cluster.base.span(),
+                "cluster.base",
+                format!("URL '{}' has nothing to verify it against (add base_sha256 = \"<64 hex digits>\" or base_sha256sums = \"<URL of SHA256SUMS>\")", r.url),
+            ));
+        }
+        if r.file_name().is_empty() {
+            return Err(self.err(
+                cluster.base.span(),
+                "cluster.base",
+                format!("URL '{}' does not end in a file name", r.url),
+            ));
+        }
+        Ok(BaseSpec::Url(r))
+    }
+
+    /// A local base file; checksums verify downloads, and a local file is the user's own.
+    fn local_base(&self, cluster: &RawCluster, b: &str) -> Result<BaseSpec, ProfileError> {
+        for (field, value) in [
+            ("cluster.base_sha256", &cluster.base_sha256),
+            ("cluster.base_sha256sums", &cluster.base_sha256sums),
+        ] {
+            if let Some(v) = value {
+                return Err(self.err(
+                    v.span(),
+                    field,
+                    format!("only applies to a URL base, and base is the local file '{b}'"),
+                ));
             }
         }
+        Ok(BaseSpec::Path(self.dir.join(b)))
     }
 
     fn node(
         &self,
         i: usize,
-        n: &RawSettings,
-        d: &RawSettings,
+        node: &RawSettings,
+        defaults: &RawSettings,
         overlays_dir: &Path,
     ) -> Result<Node, ProfileError> {
-        let at = |f: &str| format!("nodes[{i}].{f}");
-        // Errors about a value name the table it came from: the node's or [defaults].
-        let field = |f: &str, from_node: bool| {
-            if from_node {
-                at(f)
-            } else {
-                format!("defaults.{f}")
-            }
+        let f = Fields {
+            v: self,
+            i,
+            node,
+            defaults,
         };
+        let name = f.name()?;
+        let target = f
+            .pick("target", |s| &s.target)
+            .map_or(Target::Sd, |t| *t.get());
+        // Written in the order the fields are checked: the first error in it is reported.
+        Ok(Node {
+            hostname: f.hostname(&name)?,
+            domain: f.domain()?,
+            network: f.network()?,
+            user: f.user()?,
+            ssh_keys: f.ssh_keys()?,
+            password_hash: f.password_hash()?,
+            timezone: f.timezone()?,
+            decompress_kernel: f.decompress_kernel(target)?,
+            overclock: f.overclock()?,
+            config_txt: f.config_txt()?,
+            cmdline: f.cmdline()?,
+            kubernetes: node.kubernetes.or(defaults.kubernetes).unwrap_or(false),
+            overlays: f.overlays(overlays_dir)?,
+            eeprom: f.eeprom()?,
+            user_data: f.user_data(),
+            partition_table: f
+                .pick("partition_table", |s| &s.partition_table)
+                .map_or(PartitionScheme::default(), |p| *p.get()),
+            name,
+            target,
+        })
+    }
+}
 
-        let name = n.name.as_ref().ok_or_else(|| {
-            self.err(
+/// Which node first used each name, hostname and address.
+#[derive(Default)]
+struct Seen {
+    names: HashMap<String, usize>,
+    hosts: HashMap<String, usize>,
+    addresses: HashMap<Ipv4Addr, usize>,
+}
+
+/// A node's value for one field, and the field it is reported under: `nodes[i].F` when the
+/// node sets it, `defaults.F` when it comes from `[defaults]`, so an error points at the table
+/// the user has to edit.
+struct Picked<'a, T> {
+    v: &'a Validator<'a>,
+    value: &'a T,
+    field: String,
+}
+
+impl<T> Picked<'_, T> {
+    /// An error about part of the value (a list entry) at `span`.
+    fn err_at(&self, span: Range<usize>, message: impl Into<String>) -> ProfileError {
+        self.v.err(span, &self.field, message)
+    }
+
+    /// An error about `sub` inside the value (`overclock.arm_freq`), at `span`.
+    fn err_in(&self, sub: &str, span: Range<usize>, message: impl Into<String>) -> ProfileError {
+        self.v.err(span, format!("{}.{sub}", self.field), message)
+    }
+}
+
+impl<'a, T> Picked<'a, Spanned<T>> {
+    fn get(&self) -> &'a T {
+        self.value.get_ref()
+    }
+
+    fn span(&self) -> Range<usize> {
+        self.value.span()
+    }
+
+    /// An error about the whole value.
+    fn err(&self, message: impl Into<String>) -> ProfileError {
+        self.err_at(self.span(), message)
+    }
+}
+
+/// One `[[nodes]]` entry and `[defaults]`, checked field by field.
+struct Fields<'a> {
+    v: &'a Validator<'a>,
+    /// The node's index, for `nodes[i].F`.
+    i: usize,
+    node: &'a RawSettings,
+    defaults: &'a RawSettings,
+}
+
+/// Reads one field of a `[defaults]` or `[[nodes]]` table.
+type Get<T> = fn(&RawSettings) -> &Option<T>;
+
+impl<'a> Fields<'a> {
+    /// `nodes[i].f`.
+    fn at(&self, f: &str) -> String {
+        format!("nodes[{}].{f}", self.i)
+    }
+
+    fn in_node<T>(&self, f: &str, get: Get<T>) -> Option<Picked<'a, T>> {
+        get(self.node).as_ref().map(|value| Picked {
+            v: self.v,
+            value,
+            field: self.at(f),
+        })
+    }
+
+    fn in_defaults<T>(&self, f: &str, get: Get<T>) -> Option<Picked<'a, T>> {
+        get(self.defaults).as_ref().map(|value| Picked {
+            v: self.v,
+            value,
+            field: format!("defaults.{f}"),
+        })
+    }
+
+    /// The node's value for `f` if it sets one, else the default's: the node's replaces it.
+    fn pick<T>(&self, f: &str, get: Get<T>) -> Option<Picked<'a, T>> {
+        self.in_node(f, get).or_else(|| self.in_defaults(f, get))
+    }
+
+    /// Both tables' values for `f`, the default's first: for fields where the node's adds to it.
+    fn both<T: 'a>(&self, f: &str, get: Get<T>) -> impl Iterator<Item = Picked<'a, T>> {
+        self.in_defaults(f, get)
+            .into_iter()
+            .chain(self.in_node(f, get))
+    }
+
+    /// The picked string for `f`, if `ok` accepts it; `wrong` says what is wrong with it.
+    fn string(
+        &self,
+        f: &str,
+        get: Get<Spanned<String>>,
+        ok: fn(&str) -> bool,
+        wrong: impl FnOnce(&str) -> String,
+    ) -> Result<Option<String>, ProfileError> {
+        let Some(p) = self.pick(f, get) else {
+            return Ok(None);
+        };
+        if !ok(p.get()) {
+            return Err(p.err(wrong(p.get())));
+        }
+        Ok(Some(p.get().clone()))
+    }
+
+    /// `name`: required, and only in `[[nodes]]` (the profile checks `[defaults]` has none).
+    fn name(&self) -> Result<String, ProfileError> {
+        let name = self.in_node("name", |s| &s.name).ok_or_else(|| {
+            self.v.err(
                 0..0,
-                at("name"),
+                self.at("name"),
                 "missing (every [[nodes]] entry needs a name)",
             )
         })?;
-        if !is_label(name.get_ref()) {
-            return Err(self.err(name.span(), at("name"), format!("'{}' is not a valid node name (expected an RFC 1123 label: letters, digits, '-', 1-63 characters, not starting or ending with '-')", name.get_ref())));
+        if !is_label(name.get()) {
+            return Err(name.err(format!("'{}' is not a valid node name (expected an RFC 1123 label: letters, digits, '-', 1-63 characters, not starting or ending with '-')", name.get())));
         }
-        let hostname = match pick(&n.hostname, &d.hostname) {
-            Some(h) => {
-                if !is_label(h.get_ref()) {
-                    return Err(self.err(h.span(), field("hostname", n.hostname.is_some()), format!("'{}' is not a valid hostname (expected an RFC 1123 label: letters, digits, '-', 1-63 characters, not starting or ending with '-'; put the domain in `domain`)", h.get_ref())));
-                }
-                h.get_ref().clone()
+        Ok(name.get().clone())
+    }
+
+    /// `hostname`: defaults to the node's name.
+    fn hostname(&self, name: &str) -> Result<String, ProfileError> {
+        let hostname = self.string("hostname", |s| &s.hostname, is_label, |h| {
+            format!("'{h}' is not a valid hostname (expected an RFC 1123 label: letters, digits, '-', 1-63 characters, not starting or ending with '-'; put the domain in `domain`)")
+        })?;
+        Ok(hostname.unwrap_or_else(|| name.to_owned()))
+    }
+
+    fn domain(&self) -> Result<Option<String>, ProfileError> {
+        self.string(
+            "domain",
+            |s| &s.domain,
+            is_domain,
+            |d| format!("'{d}' is not a valid domain (expected dot-separated RFC 1123 labels)"),
+        )
+    }
+
+    /// `user`: defaults to `ubuntu`, the image's own user.
+    fn user(&self) -> Result<String, ProfileError> {
+        let user = self.string("user", |s| &s.user, is_user_name, |u| {
+            format!("'{u}' is not a valid user name (expected lower-case letters, digits, '_' or '-', starting with a letter or '_', at most 32)")
+        })?;
+        Ok(user.unwrap_or_else(|| "ubuntu".into()))
+    }
+
+    /// `password_hash`: the message never repeats the value, which may be a plain password.
+    fn password_hash(&self) -> Result<Option<String>, ProfileError> {
+        self.string("password_hash", |s| &s.password_hash, is_sha512_crypt, |_| {
+            "not a SHA-512-crypt hash (expected '$6$salt$hash' as printed by `mkpasswd -m sha-512`; plain passwords are never accepted)".into()
+        })
+    }
+
+    fn timezone(&self) -> Result<Option<String>, ProfileError> {
+        self.string(
+            "timezone",
+            |s| &s.timezone,
+            is_timezone,
+            |tz| format!("'{tz}' is not a timezone name (expected e.g. 'UTC' or 'Europe/Berlin')"),
+        )
+    }
+
+    /// `address` makes the node static; the rest of the network settings only apply then,
+    /// so without it they are not checked (except a gateway, which would be silently lost).
+    fn network(&self) -> Result<Option<StaticAddress>, ProfileError> {
+        let Some((address, prefix_len)) = self.address()? else {
+            return Ok(None);
+        };
+        let gateway = self.gateway(address, prefix_len)?;
+        let dns = self.dns()?;
+        let search = self.search()?;
+        let interface = self.interface()?;
+        Ok(Some(StaticAddress {
+            interface,
+            address,
+            prefix_len,
+            gateway,
+            dns,
+            search,
+        }))
+    }
+
+    /// `address`: a host address with its prefix length, `None` for DHCP.
+    fn address(&self) -> Result<Option<(Ipv4Addr, u8)>, ProfileError> {
+        let Some(addr) = self.pick("address", |s| &s.address) else {
+            if let Some(gw) = self.pick("gateway", |s| &s.gateway) {
+                return Err(gw.err("a gateway needs a static `address` (a.b.c.d/nn) on the node"));
             }
-            None => name.get_ref().clone(),
+            return Ok(None);
         };
-        let domain = match pick(&n.domain, &d.domain) {
-            Some(dom) => {
-                if !is_domain(dom.get_ref()) {
-                    return Err(self.err(
-                        dom.span(),
-                        field("domain", n.domain.is_some()),
-                        format!(
-                            "'{}' is not a valid domain (expected dot-separated RFC 1123 labels)",
-                            dom.get_ref()
-                        ),
-                    ));
-                }
-                Some(dom.get_ref().clone())
+        let (address, prefix_len) = parse_cidr(addr.get()).ok_or_else(|| {
+            addr.err(format!("'{}' is not an IPv4 address with prefix length (expected CIDR like 192.168.1.13/24)", addr.get()))
+        })?;
+        let mask = subnet_mask(prefix_len);
+        let host_bits = u32::from(address) & !mask;
+        // /31 and /32 have no network or broadcast address.
+        if prefix_len <= 30 && (host_bits == 0 || host_bits == !mask) {
+            return Err(addr.err(format!("{address} is the network or broadcast address of /{prefix_len} (expected a host address)")));
+        }
+        Ok(Some((address, prefix_len)))
+    }
+
+    /// `gateway`: inside the node's subnet, and not the node itself.
+    fn gateway(&self, address: Ipv4Addr, prefix_len: u8) -> Result<Option<Ipv4Addr>, ProfileError> {
+        let Some(gw) = self.pick("gateway", |s| &s.gateway) else {
+            return Ok(None);
+        };
+        let g: Ipv4Addr = gw
+            .get()
+            .parse()
+            .map_err(|_| gw.err(format!("'{}' is not an IPv4 address", gw.get())))?;
+        let mask = subnet_mask(prefix_len);
+        if u32::from(g) & mask != u32::from(address) & mask {
+            return Err(gw.err(format!(
+                "gateway {g} is outside the node's subnet {}/{prefix_len}",
+                Ipv4Addr::from(u32::from(address) & mask)
+            )));
+        }
+        if g == address {
+            return Err(gw.err(format!("gateway {g} is the node's own address")));
+        }
+        Ok(Some(g))
+    }
+
+    fn dns(&self) -> Result<Vec<IpAddr>, ProfileError> {
+        let Some(dns) = self.pick("dns", |s| &s.dns) else {
+            return Ok(Vec::new());
+        };
+        dns.value
+            .iter()
+            .map(|s| {
+                s.get_ref().parse().map_err(|_| {
+                    dns.err_at(s.span(), format!("'{}' is not an IP address", s.get_ref()))
+                })
+            })
+            .collect()
+    }
+
+    fn search(&self) -> Result<Vec<String>, ProfileError> {
+        let Some(search) = self.pick("search", |s| &s.search) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for s in search.value {
+            if !is_domain(s.get_ref()) {
+                return Err(
+                    search.err_at(s.span(), format!("'{}' is not a valid domain", s.get_ref()))
+                );
             }
-            None => None,
+            out.push(s.get_ref().clone());
+        }
+        Ok(out)
+    }
+
+    /// `interface`: defaults to `eth0`.
+    fn interface(&self) -> Result<String, ProfileError> {
+        let interface = self.string(
+            "interface",
+            |s| &s.interface,
+            is_interface_name,
+            |i| {
+                format!(
+                    "'{i}' is not an interface name (expected e.g. eth0, at most 15 characters)"
+                )
+            },
+        )?;
+        Ok(interface.unwrap_or_else(|| "eth0".into()))
+    }
+
+    /// `ssh_keys`: each entry an inline key or a file of keys relative to the profile.
+    fn ssh_keys(&self) -> Result<Vec<String>, ProfileError> {
+        let Some(keys) = self.pick("ssh_keys", |s| &s.ssh_keys) else {
+            return Ok(Vec::new());
         };
-        let network = self.network(n, d, &field)?;
-        let user = match pick(&n.user, &d.user) {
-            Some(u) => {
-                if !is_user_name(u.get_ref()) {
-                    return Err(self.err(u.span(), field("user", n.user.is_some()), format!("'{}' is not a valid user name (expected lower-case letters, digits, '_' or '-', starting with a letter or '_', at most 32)", u.get_ref())));
-                }
-                u.get_ref().clone()
+        let mut out = Vec::new();
+        for k in keys.value {
+            if sshkey::looks_like_key(k.get_ref()) {
+                out.push(sshkey::parse(k.get_ref()).map_err(|m| keys.err_at(k.span(), m))?);
+            } else {
+                out.extend(self.key_file(&keys, k)?);
             }
-            None => "ubuntu".into(),
-        };
-        let ssh_keys = match pick(&n.ssh_keys, &d.ssh_keys) {
-            Some(keys) => self.ssh_keys(keys, &field("ssh_keys", n.ssh_keys.is_some()))?,
-            None => Vec::new(),
-        };
-        let password_hash = match pick(&n.password_hash, &d.password_hash) {
-            Some(h) => {
-                if !is_sha512_crypt(h.get_ref()) {
-                    return Err(self.err(h.span(), field("password_hash", n.password_hash.is_some()), "not a SHA-512-crypt hash (expected '$6$salt$hash' as printed by `mkpasswd -m sha-512`; plain passwords are never accepted)"));
-                }
-                Some(h.get_ref().clone())
+        }
+        Ok(out)
+    }
+
+    /// The keys in the file `k` names. A bad key is reported at its line in that file; a file
+    /// without keys is an error, as it is surely not what was meant.
+    fn key_file(
+        &self,
+        keys: &Picked<'_, Vec<Spanned<String>>>,
+        k: &Spanned<String>,
+    ) -> Result<Vec<String>, ProfileError> {
+        let file = self.v.dir.join(k.get_ref());
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            keys.err_at(k.span(), format!("cannot read key file {}: {e} (expected an inline key 'ssh-ed25519 AAAA...' or a .pub file relative to the profile)", file.display()))
+        })?;
+        let mut out = Vec::new();
+        for (lineno, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
             }
-            None => None,
+            out.push(sshkey::parse(line).map_err(|m| ProfileError {
+                file: file.clone(),
+                line: lineno + 1,
+                column: 1,
+                field: keys.field.clone(),
+                message: m,
+            })?);
+        }
+        if out.is_empty() {
+            return Err(keys.err_at(
+                k.span(),
+                format!("key file {} holds no keys", file.display()),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// `decompress_kernel`: only the SSD boot path can boot a `vmlinux`.
+    fn decompress_kernel(&self, target: Target) -> Result<bool, ProfileError> {
+        let Some(dk) = self.pick("decompress_kernel", |s| &s.decompress_kernel) else {
+            return Ok(false);
         };
-        let timezone = match pick(&n.timezone, &d.timezone) {
-            Some(tz) => {
-                if !is_timezone(tz.get_ref()) {
-                    return Err(self.err(
-                        tz.span(),
-                        field("timezone", n.timezone.is_some()),
-                        format!(
-                            "'{}' is not a timezone name (expected e.g. 'UTC' or 'Europe/Berlin')",
-                            tz.get_ref()
-                        ),
-                    ));
-                }
-                Some(tz.get_ref().clone())
-            }
-            None => None,
+        if *dk.get() && target != Target::Ssd {
+            return Err(dk.err(
+                "only applies to target = \"ssd\" (the SD boot path loads vmlinuz through U-Boot)",
+            ));
+        }
+        Ok(*dk.get())
+    }
+
+    fn overclock(&self) -> Result<Option<Overclock>, ProfileError> {
+        let Some(oc) = self.pick("overclock", |s| &s.overclock) else {
+            return Ok(None);
         };
-        let target = pick(&n.target, &d.target)
-            .map(|t| *t.get_ref())
-            .unwrap_or(Target::Sd);
-        let decompress_kernel = match pick(&n.decompress_kernel, &d.decompress_kernel) {
-            Some(dk) if *dk.get_ref() && target != Target::Ssd => {
-                return Err(self.err(dk.span(), field("decompress_kernel", n.decompress_kernel.is_some()), "only applies to target = \"ssd\" (the SD boot path loads vmlinuz through U-Boot)"));
-            }
-            Some(dk) => *dk.get_ref(),
-            None => false,
-        };
-        let overclock = match pick(&n.overclock, &d.overclock) {
-            Some(oc) => {
-                let v = *oc.get_ref();
-                let f = field("overclock", n.overclock.is_some());
-                if !(600..=3000).contains(&v.arm_freq) {
-                    return Err(self.err(
-                        oc.span(),
-                        format!("{f}.arm_freq"),
-                        format!("{} MHz is out of range (expected 600-3000)", v.arm_freq),
-                    ));
-                }
-                if !(-16..=8).contains(&v.over_voltage) {
-                    return Err(self.err(
-                        oc.span(),
-                        format!("{f}.over_voltage"),
-                        format!("{} is out of range (expected -16..8)", v.over_voltage),
-                    ));
-                }
-                if let Some(g) = v.gpu_freq.filter(|g| !(100..=1000).contains(g)) {
-                    return Err(self.err(
-                        oc.span(),
-                        format!("{f}.gpu_freq"),
-                        format!("{g} MHz is out of range (expected 100-1000)"),
-                    ));
-                }
-                Some(v)
-            }
-            None => None,
-        };
+        let v = *oc.get();
+        if !(600..=3000).contains(&v.arm_freq) {
+            return Err(oc.err_in(
+                "arm_freq",
+                oc.span(),
+                format!("{} MHz is out of range (expected 600-3000)", v.arm_freq),
+            ));
+        }
+        if !(-16..=8).contains(&v.over_voltage) {
+            return Err(oc.err_in(
+                "over_voltage",
+                oc.span(),
+                format!("{} is out of range (expected -16..8)", v.over_voltage),
+            ));
+        }
+        if let Some(g) = v.gpu_freq.filter(|g| !(100..=1000).contains(g)) {
+            return Err(oc.err_in(
+                "gpu_freq",
+                oc.span(),
+                format!("{g} MHz is out of range (expected 100-1000)"),
+            ));
+        }
+        Ok(Some(v))
+    }
+
+    /// `config_txt`: the node's settings merge into the defaults' key by key.
+    fn config_txt(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, ProfileError> {
         let mut config_txt = BTreeMap::new();
-        for (settings, from_node) in [(&d.config_txt, false), (&n.config_txt, true)] {
-            for (section, keys) in settings.iter().flatten() {
+        for table in self.both("config_txt", |s| &s.config_txt) {
+            for (section, keys) in table.value {
                 for (key, value) in keys {
-                    let f = format!("{}.{section}.{key}", field("config_txt", from_node));
-                    let rendered = value.get_ref().render();
-                    if !is_config_section(section) {
-                        return Err(self.err(value.span(), f, format!("'[{section}]' is not a config.txt section (expected e.g. all, pi4, cm4)")));
-                    }
-                    if !is_config_key(key) {
-                        return Err(self.err(
-                            value.span(),
-                            f,
-                            "not a config.txt key (expected letters, digits and '_')",
-                        ));
-                    }
-                    if rendered.contains(['\n', '\r']) {
-                        return Err(self.err(
-                            value.span(),
-                            f,
-                            "the value contains a newline (config.txt takes one line per setting)",
-                        ));
-                    }
-                    // Whatever else configtxt::set would refuse (e.g. surrounding spaces).
-                    if !configtxt::is_writable(section, key, &rendered) {
-                        return Err(self.err(
-                            value.span(),
-                            f,
-                            format!("'{rendered}' cannot be written as a config.txt value (expected no leading or trailing spaces; initramfs/include need a value)"),
-                        ));
-                    }
+                    let rendered = config_setting(&table, section, key, value)?;
                     config_txt
                         .entry(section.clone())
                         .or_insert_with(BTreeMap::new)
@@ -432,24 +688,31 @@ impl Validator<'_> {
                 }
             }
         }
+        Ok(config_txt)
+    }
+
+    /// `cmdline`: the defaults' tokens, then the node's.
+    fn cmdline(&self) -> Result<Vec<String>, ProfileError> {
         let mut cmdline = Vec::new();
-        for (tokens, from_node) in [(&d.cmdline, false), (&n.cmdline, true)] {
-            for t in tokens.iter().flatten() {
+        for tokens in self.both("cmdline", |s| &s.cmdline) {
+            for t in tokens.value {
                 if t.get_ref().is_empty() || t.get_ref().chars().any(char::is_whitespace) {
-                    return Err(self.err(t.span(), field("cmdline", from_node), format!("'{}' is not one kernel parameter (expected a single token without spaces or newlines, e.g. 'quiet' or 'key=value')", t.get_ref().escape_debug())));
+                    return Err(tokens.err_at(t.span(), format!("'{}' is not one kernel parameter (expected a single token without spaces or newlines, e.g. 'quiet' or 'key=value')", t.get_ref().escape_debug())));
                 }
                 cmdline.push(t.get_ref().clone());
             }
         }
-        let kubernetes = n.kubernetes.or(d.kubernetes).unwrap_or(false);
+        Ok(cmdline)
+    }
+
+    /// `overlays`: the defaults' names, then the node's, each once; each must be a directory.
+    fn overlays(&self, overlays_dir: &Path) -> Result<Vec<String>, ProfileError> {
         let mut overlays = Vec::new();
-        for (list, from_node) in [(&d.overlays, false), (&n.overlays, true)] {
-            for o in list.iter().flatten() {
-                let f = field("overlays", from_node);
+        for list in self.both("overlays", |s| &s.overlays) {
+            for o in list.value {
                 if !is_overlay_name(o.get_ref()) {
-                    return Err(self.err(
+                    return Err(list.err_at(
                         o.span(),
-                        f,
                         format!(
                             "'{}' is not an overlay name (expected a directory name under {})",
                             o.get_ref(),
@@ -458,9 +721,8 @@ impl Validator<'_> {
                     ));
                 }
                 if !overlays_dir.join(o.get_ref()).is_dir() {
-                    return Err(self.err(
+                    return Err(list.err_at(
                         o.span(),
-                        f,
                         format!(
                             "overlay '{}' not found (expected a directory {})",
                             o.get_ref(),
@@ -473,228 +735,100 @@ impl Validator<'_> {
                 }
             }
         }
-        let eeprom = match (&n.eeprom, &d.eeprom) {
-            (Some(e), _) => Some(self.eeprom(e.get_ref(), &field("eeprom", true))?),
-            (None, Some(e)) => Some(self.eeprom(e.get_ref(), &field("eeprom", false))?),
-            (None, None) => None,
-        };
-        let user_data = match (&d.user_data, &n.user_data) {
-            (None, None) => None,
-            (Some(a), None) => Some(a.clone()),
-            (None, Some(b)) => Some(b.clone()),
-            (Some(a), Some(b)) => Some(merge_tables(a.clone(), b)),
-        };
-        Ok(Node {
-            name: name.get_ref().clone(),
-            hostname,
-            domain,
-            network,
-            user,
-            ssh_keys,
-            password_hash,
-            timezone,
-            target,
-            decompress_kernel,
-            overclock,
-            config_txt,
-            cmdline,
-            kubernetes,
-            overlays,
-            user_data,
-            eeprom,
-            partition_table: pick(&n.partition_table, &d.partition_table)
-                .map(|p| *p.get_ref())
-                .unwrap_or_default(),
-        })
+        Ok(overlays)
     }
 
-    /// The node's EEPROM update: a strictly parsed boot order, checked settings, and firmware
-    /// files relative to the profile that must exist (a missing `firmware` is reported by the
-    /// build: downloading it is not available yet).
-    fn eeprom(&self, e: &RawEeprom, f: &str) -> Result<EepromSpec, ProfileError> {
-        let boot_order = BootOrder::parse(e.boot_order.get_ref()).map_err(|err| {
-            self.err(
-                e.boot_order.span(),
-                format!("{f}.boot_order"),
-                err.to_string(),
-            )
-        })?;
-        let file =
-            |p: &Option<Spanned<String>>, name: &str| -> Result<Option<PathBuf>, ProfileError> {
-                let Some(p) = p else { return Ok(None) };
-                let path = self.dir.join(p.get_ref());
-                if !path.is_file() {
-                    return Err(self.err(
-                        p.span(),
-                        format!("{f}.{name}"),
-                        format!(
-                            "{} not found (expected a file, relative to the profile)",
-                            path.display()
-                        ),
-                    ));
-                }
-                Ok(Some(path))
-            };
-        let firmware = file(&e.firmware, "firmware")?;
-        let recovery = file(&e.recovery, "recovery")?;
+    /// `eeprom`: a strictly parsed boot order, checked settings, and firmware files relative to
+    /// the profile that must exist (a missing `firmware` is reported by the build: downloading
+    /// it is not available yet). A node's table replaces the defaults' as a whole.
+    fn eeprom(&self) -> Result<Option<EepromSpec>, ProfileError> {
+        let Some(e) = self.pick("eeprom", |s| &s.eeprom) else {
+            return Ok(None);
+        };
+        let raw = e.get();
+        let boot_order = BootOrder::parse(raw.boot_order.get_ref())
+            .map_err(|err| e.err_in("boot_order", raw.boot_order.span(), err.to_string()))?;
+        let firmware = self.eeprom_file(&e, "firmware", &raw.firmware)?;
+        let recovery = self.eeprom_file(&e, "recovery", &raw.recovery)?;
         let mut settings = Vec::new();
-        for (key, value) in e.settings.iter().flatten() {
+        for (key, value) in raw.settings.iter().flatten() {
             let rendered = value.get_ref().render();
             eeprom::check_setting(key, &rendered).map_err(|err| {
-                self.err(value.span(), format!("{f}.settings.{key}"), err.to_string())
+                e.err_in(&format!("settings.{key}"), value.span(), err.to_string())
             })?;
             settings.push((key.clone(), rendered));
         }
-        Ok(EepromSpec {
+        Ok(Some(EepromSpec {
             boot_order,
             settings,
             firmware,
             recovery,
-        })
-    }
-
-    fn network(
-        &self,
-        n: &RawSettings,
-        d: &RawSettings,
-        field: &dyn Fn(&str, bool) -> String,
-    ) -> Result<Option<StaticAddress>, ProfileError> {
-        let Some(addr) = pick(&n.address, &d.address) else {
-            if let Some(gw) = pick(&n.gateway, &d.gateway) {
-                return Err(self.err(
-                    gw.span(),
-                    field("gateway", n.gateway.is_some()),
-                    "a gateway needs a static `address` (a.b.c.d/nn) on the node",
-                ));
-            }
-            return Ok(None);
-        };
-        let addr_field = field("address", n.address.is_some());
-        let (address, prefix_len) = parse_cidr(addr.get_ref()).ok_or_else(|| {
-            self.err(addr.span(), &addr_field, format!("'{}' is not an IPv4 address with prefix length (expected CIDR like 192.168.1.13/24)", addr.get_ref()))
-        })?;
-        let mask = if prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix_len)
-        };
-        let host_bits = u32::from(address) & !mask;
-        if prefix_len <= 30 && (host_bits == 0 || host_bits == !mask) {
-            return Err(self.err(addr.span(), &addr_field, format!("{address} is the network or broadcast address of /{prefix_len} (expected a host address)")));
-        }
-        let gateway = match pick(&n.gateway, &d.gateway) {
-            Some(gw) => {
-                let f = field("gateway", n.gateway.is_some());
-                let g: Ipv4Addr = gw.get_ref().parse().map_err(|_| {
-                    self.err(
-                        gw.span(),
-                        &f,
-                        format!("'{}' is not an IPv4 address", gw.get_ref()),
-                    )
-                })?;
-                if u32::from(g) & mask != u32::from(address) & mask {
-                    return Err(self.err(
-                        gw.span(),
-                        &f,
-                        format!(
-                            "gateway {g} is outside the node's subnet {}/{prefix_len}",
-                            Ipv4Addr::from(u32::from(address) & mask)
-                        ),
-                    ));
-                }
-                if g == address {
-                    return Err(self.err(
-                        gw.span(),
-                        &f,
-                        format!("gateway {g} is the node's own address"),
-                    ));
-                }
-                Some(g)
-            }
-            None => None,
-        };
-        let mut dns = Vec::new();
-        for s in pick(&n.dns, &d.dns).into_iter().flatten() {
-            dns.push(s.get_ref().parse::<IpAddr>().map_err(|_| {
-                self.err(
-                    s.span(),
-                    field("dns", n.dns.is_some()),
-                    format!("'{}' is not an IP address", s.get_ref()),
-                )
-            })?);
-        }
-        let mut search = Vec::new();
-        for s in pick(&n.search, &d.search).into_iter().flatten() {
-            if !is_domain(s.get_ref()) {
-                return Err(self.err(
-                    s.span(),
-                    field("search", n.search.is_some()),
-                    format!("'{}' is not a valid domain", s.get_ref()),
-                ));
-            }
-            search.push(s.get_ref().clone());
-        }
-        let interface = match pick(&n.interface, &d.interface) {
-            Some(i) => {
-                let ok = !i.get_ref().is_empty()
-                    && i.get_ref().len() <= 15
-                    && i.get_ref()
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                if !ok {
-                    return Err(self.err(i.span(), field("interface", n.interface.is_some()), format!("'{}' is not an interface name (expected e.g. eth0, at most 15 characters)", i.get_ref())));
-                }
-                i.get_ref().clone()
-            }
-            None => "eth0".into(),
-        };
-        Ok(Some(StaticAddress {
-            interface,
-            address,
-            prefix_len,
-            gateway,
-            dns,
-            search,
         }))
     }
 
-    /// Each entry is an inline key or a file of keys relative to the profile.
-    fn ssh_keys(&self, keys: &[Spanned<String>], field: &str) -> Result<Vec<String>, ProfileError> {
-        let mut out = Vec::new();
-        for k in keys {
-            let entry = k.get_ref();
-            if sshkey::looks_like_key(entry) {
-                out.push(sshkey::parse(entry).map_err(|m| self.err(k.span(), field, m))?);
-                continue;
-            }
-            let file = self.dir.join(entry);
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                self.err(k.span(), field, format!("cannot read key file {}: {e} (expected an inline key 'ssh-ed25519 AAAA...' or a .pub file relative to the profile)", file.display()))
-            })?;
-            let before = out.len();
-            for (lineno, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                out.push(sshkey::parse(line).map_err(|m| ProfileError {
-                    file: file.clone(),
-                    line: lineno + 1,
-                    column: 1,
-                    field: field.into(),
-                    message: m,
-                })?);
-            }
-            if out.len() == before {
-                return Err(self.err(
-                    k.span(),
-                    field,
-                    format!("key file {} holds no keys", file.display()),
-                ));
-            }
+    fn eeprom_file(
+        &self,
+        e: &Picked<'_, Spanned<RawEeprom>>,
+        name: &str,
+        p: &Option<Spanned<String>>,
+    ) -> Result<Option<PathBuf>, ProfileError> {
+        let Some(p) = p else { return Ok(None) };
+        let path = self.v.dir.join(p.get_ref());
+        if !path.is_file() {
+            return Err(e.err_in(
+                name,
+                p.span(),
+                format!(
+                    "{} not found (expected a file, relative to the profile)",
+                    path.display()
+                ),
+            ));
         }
-        Ok(out)
+        Ok(Some(path))
     }
+
+    /// `user_data`: the node's table merges into the defaults'.
+    fn user_data(&self) -> Option<toml::Table> {
+        match (&self.defaults.user_data, &self.node.user_data) {
+            (None, None) => None,
+            (Some(a), None) => Some(a.clone()),
+            (None, Some(b)) => Some(b.clone()),
+            (Some(a), Some(b)) => Some(merge_tables(a.clone(), b)),
+        }
+    }
+}
+
+/// One `config_txt.<section>.<key>` setting, rendered as it will be written.
+fn config_setting<T>(
+    table: &Picked<'_, T>,
+    section: &str,
+    key: &str,
+    value: &Spanned<ConfigValue>,
+) -> Result<String, ProfileError> {
+    let wrong = |message: String| table.err_in(&format!("{section}.{key}"), value.span(), message);
+    let rendered = value.get_ref().render();
+    if !is_config_section(section) {
+        return Err(wrong(format!(
+            "'[{section}]' is not a config.txt section (expected e.g. all, pi4, cm4)"
+        )));
+    }
+    if !is_config_key(key) {
+        return Err(wrong(
+            "not a config.txt key (expected letters, digits and '_')".into(),
+        ));
+    }
+    if rendered.contains(['\n', '\r']) {
+        return Err(wrong(
+            "the value contains a newline (config.txt takes one line per setting)".into(),
+        ));
+    }
+    // Whatever else configtxt::set would refuse (e.g. surrounding spaces).
+    if !configtxt::is_writable(section, key, &rendered) {
+        return Err(wrong(format!(
+            "'{rendered}' cannot be written as a config.txt value (expected no leading or trailing spaces; initramfs/include need a value)"
+        )));
+    }
+    Ok(rendered)
 }
 
 /// Merge `over` into `base`: tables merge recursively, anything else is replaced.
