@@ -2,6 +2,7 @@
 //! nodes. [`Profile::load`] parses and validates a profile completely before anything is
 //! written; every error names the file, the line:column and the field.
 
+mod fields;
 mod raw;
 mod rules;
 pub mod sshkey;
