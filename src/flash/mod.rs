@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use self::devices::{DeviceError, Disk, SysRoot};
 use crate::image::blockmap::{BlockMap, BlockMapError, ChecksumKind, is_zero};
+use crate::image::bmap;
 use crate::image::{self, Format};
 use crate::io::progress::Progress;
 use crate::io::{AtPath, PathError, read_full};
@@ -138,7 +139,7 @@ impl Source {
         let map = match &bmap_path {
             Some(b) => {
                 let text = std::fs::read_to_string(b).at(b)?;
-                let map = BlockMap::read_bmap(&text, &b.display().to_string())?;
+                let map = bmap::read(&text, &b.display().to_string())?;
                 if format == Format::Raw && map.image_size != len {
                     return Err(FlashError::Source {
                         path: path.to_owned(),

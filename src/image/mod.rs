@@ -3,6 +3,7 @@
 //! directory, fsync, rename) so a failed build never leaves a file at the final path.
 
 pub mod blockmap;
+pub mod bmap;
 pub mod bootfs;
 pub mod ext4;
 pub mod partition;
