@@ -11,7 +11,8 @@ use common::{
     bmap_ranges, cmp_ranges, demo_images, fsck_partitions, garbage_file, pi_image, pi_image_ok,
     repo, run,
 };
-use pi_image::image::blockmap::{BlockMap, BlockMapError, ChecksumKind};
+use pi_image::image::blockmap::{BlockMapError, ChecksumKind};
+use pi_image::image::bmap;
 
 /// Copy only `ranges` of `src` onto `dst` (which already holds garbage).
 fn copy_ranges(src: &Path, dst: &Path, ranges: &[(u64, u64)]) {
@@ -102,7 +103,7 @@ fn bmaptool_copies_with_our_bmap_and_verifies_its_checksums() {
         ],
     );
     assert!(!ok, "bmaptool accepted a tampered bmap");
-    let err = BlockMap::read_bmap(&tampered, "ours.bmap").unwrap_err();
+    let err = bmap::read(&tampered, "ours.bmap").unwrap_err();
     assert!(
         matches!(err, BlockMapError::FileChecksum { .. })
             && err.to_string().starts_with("ours.bmap: BmapFileChecksum"),
@@ -126,7 +127,7 @@ fn bmaptool_files_read_back_with_their_ranges_and_checksums() {
     );
     assert!(ok, "bmaptool create: {out}{err}");
     let text = fs::read_to_string(&bmap).unwrap();
-    let map = BlockMap::read_bmap(&text, "theirs.bmap").unwrap();
+    let map = bmap::read(&text, "theirs.bmap").unwrap();
     assert_eq!(map.image_size, fs::metadata(&img).unwrap().len());
     assert_eq!(map.block_size, 4096);
     let theirs = bmap_ranges(&bmap);
@@ -154,7 +155,7 @@ fn old_and_broken_bmap_files() {
                <BlockSize> 4096 </BlockSize>\n<BlocksCount> 3 </BlocksCount>\n\
                <MappedBlocksCount> 2 </MappedBlocksCount>\n<BlockMap>\n<Range> 0 </Range>\n\
                <Range> 2 </Range>\n</BlockMap>\n</bmap>\n";
-    let map = BlockMap::read_bmap(v12, "old.bmap").unwrap();
+    let map = bmap::read(v12, "old.bmap").unwrap();
     assert_eq!(map.ranges, vec![0..4096, 8192..10000]);
     assert_eq!(map.mapped_bytes(), 4096 + 1808);
     assert!(map.checksums.is_none());
@@ -176,9 +177,7 @@ fn old_and_broken_bmap_files() {
             "<MappedBlocksCount> is '5' but the ranges hold 2 blocks",
         ),
     ] {
-        let err = BlockMap::read_bmap(&broken, "old.bmap")
-            .unwrap_err()
-            .to_string();
+        let err = bmap::read(&broken, "old.bmap").unwrap_err().to_string();
         assert!(err.contains(expect), "{err}");
     }
 }

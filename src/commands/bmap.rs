@@ -7,6 +7,7 @@ use anyhow::Context;
 use crate::cli::BmapArgs;
 use crate::image::PendingOutput;
 use crate::image::blockmap::BlockMap;
+use crate::image::bmap;
 
 /// Write `IMAGE.bmap` (or `--out`).
 pub fn bmap(args: BmapArgs) -> anyhow::Result<()> {
@@ -18,7 +19,7 @@ pub fn bmap(args: BmapArgs) -> anyhow::Result<()> {
     });
     let map = BlockMap::of_image(&image)?;
     let mut pending = PendingOutput::create(&out)?;
-    map.write_bmap(&image, pending.file())
+    bmap::write(&map, &image, pending.file())
         .with_context(|| format!("writing {}", out.display()))?;
     pending.commit()?;
     println!(

@@ -23,6 +23,7 @@ use self::chunks::{ChunkStore, Compressed};
 use crate::Result;
 use crate::build::{self, BuildOptions};
 use crate::image::blockmap::BlockMap;
+use crate::image::bmap;
 use crate::io::PathError;
 use crate::io::calendar::UtcDateTime;
 use crate::plan::release::Release;
@@ -162,7 +163,7 @@ fn write_bmap(raw: &Path, out: &Path) -> Result<String> {
     let map = BlockMap::of_image(raw)?;
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
-    map.write_bmap(raw, &mut text)?;
+    bmap::write(&map, raw, &mut text)?;
     index::write_atomic(out, &text)?;
     Ok(crate::io::hex(&sha2::Sha256::digest(&text)))
 }

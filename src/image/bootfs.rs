@@ -8,14 +8,19 @@
 //! Paths are relative to the partition root, `/`-separated (`"config.txt"`,
 //! `"overlays/foo.dtbo"`); a leading `/` is ignored. As on any FAT filesystem, names are matched
 //! case-insensitively: writing `CONFIG.TXT` replaces `config.txt` and keeps its original name.
+//!
+//! [`used_ranges`] reads which clusters a FAT uses straight from the on-disk tables, for block
+//! maps (`crate::image::blockmap`).
 
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
 use fatfs::{Date, DateTime, Dir, DirEntry, FileSystem, FsOptions, Time, TimeProvider};
 
 use crate::io::calendar::UtcDateTime;
+use crate::io::read_full;
 
 /// Errors from the boot partition. Each names the path inside the partition it is about.
 #[derive(Debug, thiserror::Error)]
@@ -565,6 +570,120 @@ fn check_boot_sector<F: Read + Seek>(storage: &mut F) -> Result<()> {
     Ok(())
 }
 
+/// The clusters a FAT12/16/32 filesystem at byte `start` of `file` (at most `len` bytes) uses, as
+/// absolute byte ranges (reserved sectors, FATs and the FAT12/16 root directory included), and
+/// the filesystem's length. `None` when the boot sector does not describe a consistent FAT
+/// filesystem. Read straight from the boot sector and the first FAT, not through fatfs: this
+/// is for block maps of whole images, where the partition is only a byte range of the file.
+pub fn used_ranges<R: Read + Seek>(
+    file: &mut R,
+    start: u64,
+    len: u64,
+) -> io::Result<Option<(Vec<Range<u64>>, u64)>> {
+    let mut bs = [0u8; 512];
+    file.seek(SeekFrom::Start(start))?;
+    if read_full(file, &mut bs)? < bs.len() {
+        return Ok(None);
+    }
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([bs[o], bs[o + 1]]));
+    let u32_at = |o: usize| u64::from(u32::from_le_bytes([bs[o], bs[o + 1], bs[o + 2], bs[o + 3]]));
+    let bps = u16_at(11);
+    let spc = u64::from(bs[13]);
+    let reserved = u16_at(14);
+    let fats = u64::from(bs[16]);
+    let root_entries = u16_at(17);
+    let total = if u16_at(19) != 0 {
+        u16_at(19)
+    } else {
+        u32_at(32)
+    };
+    let fat_sectors = if u16_at(22) != 0 {
+        u16_at(22)
+    } else {
+        u32_at(36)
+    };
+    if !matches!(bps, 512 | 1024 | 2048 | 4096)
+        || !spc.is_power_of_two()
+        || reserved == 0
+        || fats == 0
+        || fat_sectors == 0
+    {
+        return Ok(None);
+    }
+    let root_sectors = (root_entries * 32).div_ceil(bps);
+    let first_data = reserved + fats * fat_sectors + root_sectors;
+    if total <= first_data || total * bps > len {
+        return Ok(None);
+    }
+    let clusters = (total - first_data) / spc;
+    let entry_bits: u64 = if clusters < 4085 {
+        12
+    } else if clusters < 65525 {
+        16
+    } else {
+        32
+    };
+    if (clusters + 2) * entry_bits > fat_sectors * bps * 8 {
+        return Ok(None);
+    }
+    let cluster_bytes = spc * bps;
+    let data_start = start + first_data * bps;
+    // The reserved sectors, FATs and root directory, then each run of allocated clusters.
+    let mut used: Vec<Range<u64>> = std::iter::once(start..data_start).collect();
+    // Stream the first FAT, entry by entry, turning runs of non-free clusters into ranges.
+    let fat_bytes = ((clusters + 2) * entry_bits).div_ceil(8);
+    file.seek(SeekFrom::Start(start + reserved * bps))?;
+    let mut reader = io::BufReader::with_capacity(1 << 20, file.take(fat_bytes));
+    let mut run: Option<u64> = None;
+    let mut pair = [0u8; 3];
+    let mut entry = [0u8; 4];
+    let mut cluster = 0u64;
+    while cluster < clusters + 2 {
+        // FAT12 packs two entries in three bytes.
+        let values: [Option<u64>; 2] = match entry_bits {
+            12 => {
+                let n = if cluster + 1 < clusters + 2 { 3 } else { 2 };
+                reader.read_exact(&mut pair[..n])?;
+                let a = u64::from(pair[0]) | (u64::from(pair[1] & 0x0f) << 8);
+                let b = (u64::from(pair[1]) >> 4) | (u64::from(pair[2]) << 4);
+                [Some(a), (n == 3).then_some(b)]
+            }
+            16 => {
+                reader.read_exact(&mut entry[..2])?;
+                [
+                    Some(u64::from(u16::from_le_bytes([entry[0], entry[1]]))),
+                    None,
+                ]
+            }
+            _ => {
+                reader.read_exact(&mut entry)?;
+                [
+                    Some(u64::from(u32::from_le_bytes(entry) & 0x0fff_ffff)),
+                    None,
+                ]
+            }
+        };
+        for v in values.into_iter().flatten() {
+            if cluster >= 2 {
+                let at = data_start + (cluster - 2) * cluster_bytes;
+                match (v != 0, run) {
+                    (true, None) => run = Some(at),
+                    (false, Some(s)) => {
+                        used.push(s..at);
+                        run = None;
+                    }
+                    _ => {}
+                }
+            }
+            cluster += 1;
+        }
+    }
+    if let Some(s) = run {
+        used.push(s..data_start + clusters * cluster_bytes);
+    }
+    Ok(Some((used, total * bps)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,6 +734,39 @@ mod tests {
             split_file_path(""),
             Err(BootFsError::BadPath { .. })
         ));
+    }
+
+    #[test]
+    fn used_ranges_are_the_metadata_and_the_allocated_clusters() {
+        // A small (FAT12) volume holding one file, at byte 4096 of an image.
+        let mut vol = io::Cursor::new(vec![0u8; 4 << 20]);
+        fatfs::format_volume(&mut vol, fatfs::FormatVolumeOptions::new()).unwrap();
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let fs = BootFs::open(&mut vol, FatTimestamp::from_unix(0)).unwrap();
+        fs.write_bytes("a.bin", &content).unwrap();
+        fs.unmount().unwrap();
+        let mut image = vec![0u8; 4096];
+        image.extend(vol.into_inner());
+        let len = image.len() as u64 - 4096;
+        let (used, fs_len) = used_ranges(&mut io::Cursor::new(&image[..]), 4096, len)
+            .unwrap()
+            .unwrap();
+        assert_eq!(fs_len, len);
+        assert_eq!(used[0].start, 4096);
+        let at = image.windows(64).position(|w| w == &content[..64]).unwrap() as u64;
+        assert!(
+            used.iter()
+                .any(|r| r.start <= at && at + content.len() as u64 <= r.end),
+            "{used:?}"
+        );
+        let total: u64 = used.iter().map(|r| r.end - r.start).sum();
+        assert!(total < 256 << 10, "{used:?}");
+        let zeros = vec![0u8; 8192];
+        assert!(
+            used_ranges(&mut io::Cursor::new(&zeros[..]), 0, 8192)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! which blocks of an image matter ([`blockmap`]).
 
 pub mod blockmap;
+pub mod bmap;
 pub mod bootfs;
 pub mod compressed;
 pub mod ext4;

@@ -1,0 +1,237 @@
+//! A target's writer: opens it (a disk exclusively, with `O_DIRECT` where it allows), writes the
+//! reader's pieces except the held-back partition tables, `fdatasync`, then the held ranges,
+//! `fdatasync` again and `BLKRRPART`, and by default verifies what it wrote.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use super::reader::{Piece, Slot};
+use super::source::Source;
+use super::target::Target;
+use super::verify::verify_written;
+use super::{FlashError, FlashOptions, Outcome};
+use crate::io::progress::Progress;
+use crate::io::{AtPath, PathError};
+
+/// Held back and written last: the MBR and primary GPT header...
+const HEAD_HELD: u64 = 4096;
+/// ...and the backup GPT (entries and header) at the image's end.
+const TAIL_HELD: u64 = 33 * 512;
+/// `BLKRRPART` from <linux/fs.h> (`_IO(0x12, 95)`): re-read the partition table.
+const BLKRRPART: libc::c_ulong = 0x125f;
+
+/// The ranges written last: the first 4 KiB and, when the size is known, the last 16.5 KiB.
+pub(super) fn held_ranges(size: Option<u64>) -> Vec<Range<u64>> {
+    std::iter::once(0..HEAD_HELD)
+        .chain(size.map(|s| s.saturating_sub(TAIL_HELD).max(HEAD_HELD)..s))
+        .collect()
+}
+
+/// Open a target for writing: a disk exclusively (`O_EXCL`, which also fails if the kernel
+/// has it mounted) and with `O_DIRECT` where it allows; a file created if missing.
+fn open_target(t: &Target) -> Result<(File, bool), FlashError> {
+    if t.disk.is_some() {
+        let open = |direct: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_EXCL | if direct { libc::O_DIRECT } else { 0 })
+                .open(&t.path)
+        };
+        match open(true) {
+            Ok(f) => Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Ok(open(false).map(|f| (f, false)).at(&t.path)?)
+            }
+            Err(e) => Err(PathError::new(&t.path, e).into()),
+        }
+    } else {
+        Ok(OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&t.path)
+            .map(|f| (f, false))
+            .at(&t.path)?)
+    }
+}
+
+/// Switch `O_DIRECT` on or off for an open file.
+fn set_direct(f: &File, on: bool) -> io::Result<()> {
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, only changing its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::O_DIRECT
+    } else {
+        flags & !libc::O_DIRECT
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fdatasync(2)`: `f`'s data is on the device when this returns.
+fn fdatasync(f: &File, path: &Path) -> Result<(), FlashError> {
+    // SAFETY: fdatasync on a descriptor we own.
+    if unsafe { libc::fdatasync(f.as_raw_fd()) } < 0 {
+        return Err(PathError::new(path, io::Error::last_os_error()).into());
+    }
+    Ok(())
+}
+
+/// Write `data` at `offset`, retrying without `O_DIRECT` if the device refuses the alignment.
+fn write_at(
+    f: &File,
+    direct: &mut bool,
+    data: &[u8],
+    offset: u64,
+    path: &Path,
+) -> Result<(), FlashError> {
+    let aligned = data.len().is_multiple_of(512)
+        && offset.is_multiple_of(512)
+        && data.as_ptr().align_offset(512) == 0;
+    if *direct && !aligned {
+        set_direct(f, false).at(path)?;
+        *direct = false;
+    }
+    match f.write_all_at(data, offset) {
+        Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
+            set_direct(f, false).at(path)?;
+            *direct = false;
+            Ok(f.write_all_at(data, offset).at(path)?)
+        }
+        r => Ok(r.at(path)?),
+    }
+}
+
+/// One writer: the pieces from `rx`, held ranges last, then sync, re-read the partition table
+/// and verify.
+pub(super) fn write_target(
+    src: &Source,
+    t: &Target,
+    rx: Receiver<Arc<Piece>>,
+    held: &[Range<u64>],
+    slot: &Slot,
+    opts: FlashOptions,
+    multi: &indicatif::MultiProgress,
+) -> Outcome {
+    let start = Instant::now();
+    let mut out = Outcome {
+        target: t.path.clone(),
+        image: src.path.clone(),
+        bytes: 0,
+        write_secs: 0.0,
+        verify_secs: 0.0,
+        result: Ok(()),
+    };
+    let mut progress = Progress::new(
+        "writing",
+        "wrote",
+        &t.path.display().to_string(),
+        src.mapped_bytes(),
+        opts.progress,
+        Some(multi),
+    );
+    let result = (|| -> Result<(), FlashError> {
+        let (file, mut direct) = open_target(t)?;
+        let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
+        for piece in rx {
+            let data = piece.data.as_slice();
+            let range = piece.offset..piece.offset + data.len() as u64;
+            // Split the piece around the held ranges.
+            let mut pos = range.start;
+            for h in held
+                .iter()
+                .filter(|h| h.start < range.end && h.end > range.start)
+            {
+                let hs = h.start.max(range.start);
+                let he = h.end.min(range.end);
+                if pos < hs {
+                    let s = &data[(pos - range.start) as usize..(hs - range.start) as usize];
+                    write_at(&file, &mut direct, s, pos, &t.path)?;
+                }
+                kept.push((
+                    hs,
+                    data[(hs - range.start) as usize..(he - range.start) as usize].to_vec(),
+                ));
+                pos = pos.max(he);
+            }
+            if pos < range.end {
+                write_at(
+                    &file,
+                    &mut direct,
+                    &data[(pos - range.start) as usize..],
+                    pos,
+                    &t.path,
+                )?;
+            }
+            out.bytes += data.len() as u64;
+            progress.set(out.bytes);
+        }
+        let read = slot
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .unwrap_or_else(|| Err("the reader stopped".into()))
+            .map_err(|reason| FlashError::SourceFailed {
+                target: t.path.clone(),
+                reason,
+            })?;
+        // Everything else is on the device before the partition table makes it bootable.
+        fdatasync(&file, &t.path)?;
+        if direct {
+            set_direct(&file, false).at(&t.path)?;
+        }
+        for (offset, data) in &kept {
+            file.write_all_at(data, *offset).at(&t.path)?;
+        }
+        if t.disk.is_none() {
+            let len = file.metadata().at(&t.path)?.len();
+            if len < read.image_size {
+                file.set_len(read.image_size).at(&t.path)?;
+            }
+        }
+        fdatasync(&file, &t.path)?;
+        if t.disk.is_some() {
+            // SAFETY: ioctl without arguments on a descriptor we own. Failure (a loop device
+            // without partition scanning, say) only means the kernel keeps its old view.
+            unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART) };
+        }
+        out.write_secs = start.elapsed().as_secs_f64();
+        if opts.verify {
+            let vstart = Instant::now();
+            progress.restart("verifying", "verified", Some(out.bytes));
+            let r = verify_written(
+                src,
+                &t.path,
+                &file,
+                t.disk.is_some(),
+                &read.written,
+                &mut progress,
+            );
+            out.verify_secs = vstart.elapsed().as_secs_f64();
+            r?;
+        }
+        Ok(())
+    })();
+    progress.finish(result.is_ok());
+    if out.write_secs == 0.0 {
+        out.write_secs = start.elapsed().as_secs_f64();
+    }
+    out.result = result;
+    out
+}
