@@ -6,11 +6,8 @@ pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod dist;
-pub mod error;
 pub mod flash;
 pub mod image;
 pub mod io;
 pub mod plan;
 pub mod profile;
-
-pub use error::{Error, Result};

@@ -297,7 +297,7 @@ fn later_nodes_and_rebuilds_reuse_cached_chunks() {
     for node in &NODES[1..] {
         let (c, r) = first[*node];
         assert!(
-            c >= 1 && c <= 3 && r >= 9,
+            (1..=3).contains(&c) && r >= 9,
             "{node}: {c} compressed, {r} reused\n{stdout}"
         );
     }

@@ -162,6 +162,7 @@ fn a_mounted_loop_device_is_refused_and_untouched() {
 /// A fake sysfs/procfs tree under `root` describing one disk `name` with device number `dev`
 /// at the sysfs device path `devpath` (e.g. `pci0000:00/.../ata1/.../block`), plus a
 /// partition `<name>1`. `mountinfo` and `swaps` are the procfs files' contents.
+#[allow(clippy::too_many_arguments)] // every property of the one fake disk, each named at the call
 fn fake_tree(
     root: &Path,
     name: &str,
@@ -235,7 +236,18 @@ fn fake_sysfs_system_internal_held_and_swap_disks_are_refused() {
     let dev = l.dev_number();
     let big = size + (4 << 20);
     let root_mount = "21 1 259:99 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n";
-    let cases: [(&str, &str, bool, bool, &str, &str, &[&str], &str); 4] = [
+    // (name, sysfs path, removable, holder, mountinfo, swaps, extra flash args, expected error)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        bool,
+        bool,
+        &'a str,
+        &'a str,
+        &'a [&'a str],
+        &'a str,
+    );
+    let cases: [Case; 4] = [
         (
             "system",
             SATA,

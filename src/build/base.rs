@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::BuildError;
-use crate::Result;
+use super::Result;
 use crate::image::bootfs::{BootFs, FatTimestamp};
 use crate::image::ext4::{self, Ext4Fs};
 use crate::image::partition::{Partition, PartitionTable, TableKind};
@@ -70,8 +70,7 @@ impl BaseImage {
         if table.kind != TableKind::Mbr {
             return Err(BuildError::GptBase {
                 base: base.to_owned(),
-            }
-            .into());
+            });
         }
         let boot = table.boot(base)?.clone();
         let root = table.root(base)?.clone();

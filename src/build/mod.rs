@@ -12,8 +12,10 @@ pub mod overlay;
 
 use std::path::PathBuf;
 
-use crate::Result;
-use crate::image::PendingOutput;
+use crate::image::bootfs::BootFsError;
+use crate::image::ext4::Ext4Error;
+use crate::image::partition::PartitionError;
+use crate::image::{ImageError, PendingOutput};
 use crate::io::{AtPath, PathError};
 use crate::plan::PlanError;
 use crate::plan::release::{Release, ReleaseError};
@@ -21,6 +23,10 @@ use crate::profile::{Node, Profile, Target};
 
 use self::base::BaseImage;
 use self::eeprom::EepromCardError;
+use self::overlay::OverlayError;
+
+/// The result of building.
+pub type Result<T, E = BuildError> = std::result::Result<T, E>;
 
 /// Timestamps for everything the build writes when `SOURCE_DATE_EPOCH` is not set:
 /// 2022-09-01 12:00 UTC, the day Ubuntu 20.04.5 was released. Fixed, so builds are reproducible.
@@ -32,6 +38,21 @@ pub enum BuildError {
     /// I/O on a named file failed.
     #[error(transparent)]
     Io(#[from] PathError),
+    /// The base could not be decompressed or an output not written.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The base's partition table is not one the build can edit.
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    /// The FAT boot partition could not be read or written.
+    #[error(transparent)]
+    BootFs(#[from] BootFsError),
+    /// The ext4 root filesystem could not be read or written.
+    #[error(transparent)]
+    Ext4(#[from] Ext4Error),
+    /// An overlay tree is invalid.
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
     /// The base image is not there.
     #[error("{}: base image not found (expected a .img or .img.xz file)", base.display())]
     BaseNotFound {
@@ -106,7 +127,7 @@ pub enum BuildError {
         /// The node.
         node: String,
         /// Why (boxed: the error type stays small).
-        source: Box<crate::image::ext4::Ext4Error>,
+        source: Box<Ext4Error>,
     },
 }
 
@@ -182,7 +203,7 @@ pub fn build_nodes(
     opts: &BuildOptions,
 ) -> Result<Vec<BuiltImage>> {
     let mut built = Vec::new();
-    build_nodes_with(profile, nodes, opts, &mut |img| {
+    build_nodes_with::<BuildError>(profile, nodes, opts, &mut |img| {
         built.push(img.commit()?);
         Ok(())
     })?;
@@ -191,35 +212,25 @@ pub fn build_nodes(
 
 /// Build `nodes` like [`build_nodes`], handing each finished image to `each` in order, one at a
 /// time (so at most one node's raw image exists at once), instead of committing it.
-pub fn build_nodes_with(
+pub fn build_nodes_with<E: From<BuildError>>(
     profile: &Profile,
     nodes: &[&Node],
     opts: &BuildOptions,
-    each: &mut dyn FnMut(PendingImage) -> Result<()>,
-) -> Result<()> {
-    // Everything a node reads besides the base is loaded and checked before anything is written.
-    let mut inputs = Vec::new();
-    for node in nodes {
-        let overlays = overlay::load_node(&profile.overlays_dir, &node.overlays, &node.name)?;
-        let eeprom = match &node.eeprom {
-            Some(spec) => Some(eeprom::update_files(spec, opts.epoch).map_err(|source| {
-                BuildError::Eeprom {
-                    profile: profile.path.clone(),
-                    node: node.name.clone(),
-                    source: Box::new(source),
-                }
-            })?),
-            None => None,
-        };
-        inputs.push(node::NodeInputs { overlays, eeprom });
-    }
+    each: &mut dyn FnMut(PendingImage) -> Result<(), E>,
+) -> Result<(), E> {
+    let inputs = nodes
+        .iter()
+        .map(|node| node::NodeInputs::load(profile, node, opts.epoch))
+        .collect::<Result<Vec<_>>>()?;
     if !opts.base.is_file() {
         return Err(BuildError::BaseNotFound {
             base: opts.base.clone(),
         }
         .into());
     }
-    std::fs::create_dir_all(&opts.out_dir).at(&opts.out_dir)?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .at(&opts.out_dir)
+        .map_err(BuildError::from)?;
     let base = BaseImage::prepare(&opts.base, &opts.out_dir)?;
     for (node, inputs) in nodes.iter().zip(&inputs) {
         each(node::build(profile, node, inputs, opts, &base)?)?;

@@ -5,11 +5,11 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 
+use super::Result;
 use super::base::BaseImage;
 use super::eeprom::{self, UpdateFiles};
 use super::overlay::{self, NodeOverlays, OverlayEntry, OverlayKind};
 use super::{BuildError, BuildOptions, PendingImage};
-use crate::Result;
 use crate::image::bootfs::{BootFs, FatTimestamp};
 use crate::image::ext4::{self, Attrs, Ext4Fs, Need};
 use crate::image::partition::{self, PartitionTable};
@@ -30,6 +30,25 @@ pub(super) struct NodeInputs {
     pub overlays: NodeOverlays,
     /// Its bootloader EEPROM update files, if it has an `eeprom` table.
     pub eeprom: Option<UpdateFiles>,
+}
+
+impl NodeInputs {
+    /// Load `node`'s overlays and make its EEPROM update files.
+    pub fn load(profile: &Profile, node: &Node, epoch: i64) -> Result<NodeInputs> {
+        let overlays = overlay::load_node(&profile.overlays_dir, &node.overlays, &node.name)?;
+        let eeprom =
+            match &node.eeprom {
+                Some(spec) => Some(eeprom::update_files(spec, epoch).map_err(|source| {
+                    BuildError::Eeprom {
+                        profile: profile.path.clone(),
+                        node: node.name.clone(),
+                        source: Box::new(source),
+                    }
+                })?),
+                None => None,
+            };
+        Ok(NodeInputs { overlays, eeprom })
+    }
 }
 
 /// Build `node`'s image from `base` into a temp file beside `<out>/<node>.img`.
@@ -102,7 +121,7 @@ pub(super) fn build(
                 need,
                 free,
             },
-            RootFsError::Io(e) => e.into(),
+            RootFsError::Io(e) => BuildError::Io(e),
         })?;
         rootfs.close()?;
     }
@@ -218,7 +237,7 @@ fn write_vmlinux<F: Read + Write + Seek>(fs: &mut BootFs<F>) -> Result<()> {
         .read_exact(&mut head)
         .map_err(|source| BuildError::KernelNotGzip { source })?;
     if &head[ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4] != ARM64_MAGIC {
-        return Err(BuildError::KernelNotArm64.into());
+        return Err(BuildError::KernelNotArm64);
     }
     let mut whole = (&head[..]).chain(decoder);
     fs.write_file("vmlinux", &mut whole)?;

@@ -135,7 +135,7 @@ impl NodeImages {
         base: &Path,
         cache_dir: &Path,
         epoch: i64,
-    ) -> crate::Result<NodeImages> {
+    ) -> anyhow::Result<NodeImages> {
         let dir = cache_dir.join(format!("flash-{}", std::process::id()));
         std::fs::create_dir_all(&dir).at(&dir)?;
         let mut this = NodeImages {

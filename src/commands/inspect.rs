@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::path::Path;
 
-use crate::Result;
 use crate::bootconf::configtxt::{self, Model};
 use crate::cli::InspectArgs;
 use crate::image::bootfs::{BootFs, FatTimestamp};
@@ -29,7 +28,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 /// Describe the image at `path`: its partitions, release, the effective config.txt for `model`,
 /// the kernel command line and the cloud-init files. Never writes to the image.
-pub fn report(path: &Path, model: Model) -> Result<String> {
+pub fn report(path: &Path, model: Model) -> anyhow::Result<String> {
     let table = PartitionTable::read(path)?;
     let boot = table.boot(path)?;
     let file = File::open(path).at(path)?;

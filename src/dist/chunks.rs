@@ -105,17 +105,31 @@ impl Codec {
     }
 }
 
-impl FromStr for Codec {
-    type Err = String;
+/// A compression name or level that pi-image does not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompressionError {
+    /// Not one of the formats.
+    #[error("'{0}' is not a compression (expected xz, zstd or gz)")]
+    Codec(String),
+    /// A level outside the format's range.
+    #[error("{level} is not a valid {} level (expected {} to {})", codec.name(), codec.levels().start(), codec.levels().end())]
+    Level {
+        /// The format.
+        codec: Codec,
+        /// The level given.
+        level: u32,
+    },
+}
 
-    fn from_str(s: &str) -> Result<Codec, String> {
+impl FromStr for Codec {
+    type Err = CompressionError;
+
+    fn from_str(s: &str) -> Result<Codec, CompressionError> {
         match s {
             "xz" => Ok(Codec::Xz),
             "zstd" | "zst" => Ok(Codec::Zstd),
             "gz" | "gzip" => Ok(Codec::Gzip),
-            _ => Err(format!(
-                "'{s}' is not a compression (expected xz, zstd or gz)"
-            )),
+            _ => Err(CompressionError::Codec(s.to_string())),
         }
     }
 }
@@ -131,16 +145,10 @@ pub struct Compression {
 
 impl Compression {
     /// `codec` at `level` (its default when `None`), checking the level's range.
-    pub fn new(codec: Codec, level: Option<u32>) -> Result<Compression, String> {
+    pub fn new(codec: Codec, level: Option<u32>) -> Result<Compression, CompressionError> {
         let level = level.unwrap_or(codec.default_level());
-        let range = codec.levels();
-        if !range.contains(&level) {
-            return Err(format!(
-                "{level} is not a valid {} level (expected {} to {})",
-                codec.name(),
-                range.start(),
-                range.end()
-            ));
+        if !codec.levels().contains(&level) {
+            return Err(CompressionError::Level { codec, level });
         }
         Ok(Compression { codec, level })
     }
@@ -520,11 +528,7 @@ mod tests {
         assert!(Compression::new(Codec::Xz, Some(10)).is_err());
         assert!(Compression::new(Codec::Gzip, Some(0)).is_err());
         assert_eq!(Compression::new(Codec::Zstd, None).unwrap().level, 19);
-        assert!(
-            "lz4"
-                .parse::<Codec>()
-                .unwrap_err()
-                .contains("expected xz, zstd or gz")
-        );
+        let err = "lz4".parse::<Codec>().unwrap_err().to_string();
+        assert!(err.contains("expected xz, zstd or gz"), "{err}");
     }
 }

@@ -19,19 +19,28 @@ use std::str::FromStr;
 
 use sha2::Digest;
 
-use self::chunks::{ChunkStore, Compressed};
-use crate::Result;
-use crate::build::{self, BuildOptions};
+use self::chunks::{ChunkError, ChunkStore, Compressed};
+use crate::build::{self, BuildError, BuildOptions};
 use crate::image::blockmap::BlockMap;
+use crate::image::blockmap::BlockMapError;
 use crate::image::bmap;
 use crate::io::PathError;
 use crate::io::calendar::UtcDateTime;
 use crate::plan::release::Release;
 use crate::profile::{Node, Profile, Target};
 
-/// Errors reading or writing the index files.
+/// Errors making release artifacts.
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
+    /// A node's raw image could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A raw image could not be compressed into chunks.
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    /// A raw image's block map could not be made.
+    #[error(transparent)]
+    BlockMap(#[from] BlockMapError),
     /// I/O on a named file failed.
     #[error(transparent)]
     Io(#[from] PathError),
@@ -57,11 +66,16 @@ pub struct Shard {
     pub count: usize,
 }
 
-impl FromStr for Shard {
-    type Err = String;
+/// A `--shard` value that is not `K/N` with 1 ≤ K ≤ N.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a shard (expected K/N with 1 <= K <= N, e.g. 2/4)")]
+pub struct ShardError(String);
 
-    fn from_str(s: &str) -> std::result::Result<Shard, String> {
-        let expected = || format!("'{s}' is not a shard (expected K/N with 1 <= K <= N, e.g. 2/4)");
+impl FromStr for Shard {
+    type Err = ShardError;
+
+    fn from_str(s: &str) -> Result<Shard, ShardError> {
+        let expected = || ShardError(s.to_string());
         let number = |t: &str| {
             // Digits only, no sign, no leading zero: "2/4" and nothing that merely parses as it.
             if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) || t.starts_with('0') {
@@ -119,13 +133,13 @@ pub fn build_artifacts(
     store: &ChunkStore,
     jobs: usize,
     report: &mut dyn FnMut(&Artifact),
-) -> Result<Vec<Artifact>> {
+) -> Result<Vec<Artifact>, DistError> {
     // A broken index in the output directory fails now, not after every node was compressed.
     index::check_existing(&opts.out_dir)?;
     let ext = store.compression().codec.extension();
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();
-    build::build_nodes_with(profile, nodes, opts, &mut |img| {
+    build::build_nodes_with::<DistError>(profile, nodes, opts, &mut |img| {
         let out = opts.out_dir.join(format!("{}.img.{ext}", img.node));
         // Dropping `img` afterwards removes the raw temp image.
         let raw = img.output.temp_path();
@@ -159,7 +173,7 @@ pub fn build_artifacts(
 }
 
 /// Write the block map of the raw image `raw` to `out`; returns its sha256.
-fn write_bmap(raw: &Path, out: &Path) -> Result<String> {
+fn write_bmap(raw: &Path, out: &Path) -> Result<String, DistError> {
     let map = BlockMap::of_image(raw)?;
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
@@ -222,7 +236,7 @@ mod tests {
         for bad in [
             "0/4", "5/4", "2/0", "2", "/4", "2/", "02/4", "+2/4", "2 /4", "a/b", "2/4/1", "",
         ] {
-            let err = bad.parse::<Shard>().unwrap_err();
+            let err = bad.parse::<Shard>().unwrap_err().to_string();
             assert!(err.contains("expected K/N"), "{bad}: {err}");
         }
     }

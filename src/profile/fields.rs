@@ -345,7 +345,9 @@ impl<'a> Fields<'a> {
         let mut out = Vec::new();
         for k in keys.value {
             if sshkey::looks_like_key(k.get_ref()) {
-                out.push(sshkey::parse(k.get_ref()).map_err(|m| keys.err_at(k.span(), m))?);
+                out.push(
+                    sshkey::parse(k.get_ref()).map_err(|e| keys.err_at(k.span(), e.to_string()))?,
+                );
             } else {
                 out.extend(self.key_file(&keys, k)?);
             }
@@ -370,12 +372,12 @@ impl<'a> Fields<'a> {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            out.push(sshkey::parse(line).map_err(|m| ProfileError {
+            out.push(sshkey::parse(line).map_err(|e| ProfileError {
                 file: file.clone(),
                 line: lineno + 1,
                 column: 1,
                 field: keys.field.clone(),
-                message: m,
+                message: e.to_string(),
             })?);
         }
         if out.is_empty() {

@@ -16,6 +16,45 @@ const KNOWN_TYPES: &[&str] = &[
     "ssh-dss",
 ];
 
+/// Why a key line is not a usable public key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SshKeyError {
+    /// The type is not one OpenSSH accepts.
+    #[error("unknown key type '{kind}' (expected one of {})", KNOWN_TYPES.join(", "))]
+    UnknownType {
+        /// The type given.
+        kind: String,
+    },
+    /// Nothing after the type.
+    #[error("{kind} key has no base64 key data")]
+    NoData {
+        /// The key type.
+        kind: String,
+    },
+    /// The key data is not base64.
+    #[error("{kind} key data is not valid base64 ({reason})")]
+    NotBase64 {
+        /// The key type.
+        kind: String,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The key data is too short to hold its own type.
+    #[error("{kind} key data is truncated (no key type inside)")]
+    Truncated {
+        /// The key type.
+        kind: String,
+    },
+    /// The declared type and the type inside the data differ.
+    #[error("key says '{kind}' but its data holds a '{embedded}' key")]
+    TypeMismatch {
+        /// The declared type.
+        kind: String,
+        /// The type inside the data.
+        embedded: String,
+    },
+}
+
 /// True when `s` starts like an inline key rather than a file name.
 pub fn looks_like_key(s: &str) -> bool {
     let first = s.split_whitespace().next().unwrap_or("");
@@ -24,31 +63,31 @@ pub fn looks_like_key(s: &str) -> bool {
 
 /// Check one public key line (`TYPE BASE64 [COMMENT]`): a known type, a base64 blob, and the key
 /// type embedded at the start of the blob equal to the declared one. Returns the line, trimmed.
-pub fn parse(line: &str) -> Result<String, String> {
+pub fn parse(line: &str) -> Result<String, SshKeyError> {
     let line = line.trim();
     let mut parts = line.splitn(3, char::is_whitespace);
     let kind = parts.next().unwrap_or("");
     let blob = parts.next().unwrap_or("").trim();
     if !KNOWN_TYPES.contains(&kind) {
-        return Err(format!(
-            "unknown key type '{}' (expected one of {})",
-            kind,
-            KNOWN_TYPES.join(", ")
-        ));
+        return Err(SshKeyError::UnknownType { kind: kind.into() });
     }
+    let kind = kind.to_string();
     if blob.is_empty() {
-        return Err(format!("{kind} key has no base64 key data"));
+        return Err(SshKeyError::NoData { kind });
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(blob)
-        .map_err(|e| format!("{kind} key data is not valid base64 ({e})"))?;
-    let embedded = embedded_type(&bytes)
-        .ok_or_else(|| format!("{kind} key data is truncated (no key type inside)"))?;
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(blob) {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = e.to_string();
+            return Err(SshKeyError::NotBase64 { kind, reason });
+        }
+    };
+    let Some(embedded) = embedded_type(&bytes) else {
+        return Err(SshKeyError::Truncated { kind });
+    };
     if embedded != kind.as_bytes() {
-        return Err(format!(
-            "key says '{kind}' but its data holds a '{}' key",
-            String::from_utf8_lossy(embedded)
-        ));
+        let embedded = String::from_utf8_lossy(embedded).into_owned();
+        return Err(SshKeyError::TypeMismatch { kind, embedded });
     }
     Ok(line.to_string())
 }
@@ -76,18 +115,11 @@ mod tests {
     #[test]
     fn rejects_mismatched_type_bad_base64_and_unknown_types() {
         let swapped = ED25519.replacen("ssh-ed25519", "ssh-rsa", 1);
-        assert!(
-            parse(&swapped)
-                .unwrap_err()
-                .contains("holds a 'ssh-ed25519' key")
-        );
-        assert!(parse("ssh-ed25519 AAAA!!!").unwrap_err().contains("base64"));
-        assert!(
-            parse("ssh-foo AAAA")
-                .unwrap_err()
-                .contains("unknown key type")
-        );
-        assert!(parse("ssh-ed25519").unwrap_err().contains("no base64"));
-        assert!(parse("ssh-ed25519 AAAA").unwrap_err().contains("truncated"));
+        let error = |line: &str| parse(line).unwrap_err().to_string();
+        assert!(error(&swapped).contains("holds a 'ssh-ed25519' key"));
+        assert!(error("ssh-ed25519 AAAA!!!").contains("base64"));
+        assert!(error("ssh-foo AAAA").contains("unknown key type"));
+        assert!(error("ssh-ed25519").contains("no base64"));
+        assert!(error("ssh-ed25519 AAAA").contains("truncated"));
     }
 }
