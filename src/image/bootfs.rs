@@ -419,29 +419,18 @@ impl<F: Read + Write + Seek> BootFs<F> {
 
     /// The directory `comps` (a prefix of `path`), created with its parents if missing.
     fn dir_all(&self, path: &str, comps: &[&str]) -> Result<Dir<'_, F>> {
-        let mut dir = self.fs.root_dir();
-        for (i, comp) in comps.iter().enumerate() {
-            let here = comps[..=i].join("/");
-            dir = match self.lookup(path, &dir, comp)? {
-                Some(e) if e.is_dir() => e.to_dir(),
-                Some(_) => {
-                    return Err(BootFsError::BadPath {
-                        path: path.into(),
-                        reason: "a file stands where a directory is needed",
-                    });
-                }
-                None => dir
-                    .create_dir(comp)
-                    .map_err(|e| io_err("creating directory", &here, e))?,
-            };
-        }
-        Ok(dir)
+        self.walk(path, comps, true)
     }
 
     /// The existing directory `comps` (a prefix of `path`).
     fn open_dir(&self, path: &str, comps: &[&str]) -> Result<Dir<'_, F>> {
+        self.walk(path, comps, false)
+    }
+
+    /// Walk down `comps` from the root, creating missing directories when `create`.
+    fn walk(&self, path: &str, comps: &[&str], create: bool) -> Result<Dir<'_, F>> {
         let mut dir = self.fs.root_dir();
-        for comp in comps {
+        for (i, comp) in comps.iter().enumerate() {
             dir = match self.lookup(path, &dir, comp)? {
                 Some(e) if e.is_dir() => e.to_dir(),
                 Some(_) => {
@@ -450,6 +439,9 @@ impl<F: Read + Write + Seek> BootFs<F> {
                         reason: "a file stands where a directory is needed",
                     });
                 }
+                None if create => dir
+                    .create_dir(comp)
+                    .map_err(|e| io_err("creating directory", &comps[..=i].join("/"), e))?,
                 None => return Err(BootFsError::NotFound { path: path.into() }),
             };
         }
