@@ -4,7 +4,7 @@
 
 mod fields;
 mod raw;
-mod rules;
+pub mod rules;
 pub mod sshkey;
 mod validate;
 

@@ -29,7 +29,8 @@ pub(super) fn is_domain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_label)
 }
 
-pub(super) fn is_user_name(s: &str) -> bool {
+/// A login name as `useradd` takes it: lower-case letter or `_` first, at most 32 characters.
+pub fn is_user_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && s.len() <= 32
@@ -78,7 +79,7 @@ pub(super) fn is_config_key(s: &str) -> bool {
 }
 
 /// A Linux interface name as `ip` takes it: at most 15 characters (IFNAMSIZ - 1).
-pub(super) fn is_interface_name(s: &str) -> bool {
+pub fn is_interface_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s.chars()
@@ -91,7 +92,7 @@ pub(super) fn is_sha256_hex(s: &str) -> bool {
 }
 
 /// The netmask of a /`prefix_len` subnet, as a number (`prefix_len` at most 32).
-pub(super) fn subnet_mask(prefix_len: u8) -> u32 {
+pub fn subnet_mask(prefix_len: u8) -> u32 {
     // A shift by 32 would overflow.
     if prefix_len == 0 {
         0
@@ -100,7 +101,8 @@ pub(super) fn subnet_mask(prefix_len: u8) -> u32 {
     }
 }
 
-pub(super) fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+/// `a.b.c.d/len` with `len` at most 32 and written without leading zeros.
+pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, len) = s.split_once('/')?;
     let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
     if len.to_string() != s.split_once('/')?.1 {
