@@ -21,6 +21,9 @@
 //! dist/      release artifacts: chunked compression and chunk store, SHA256SUMS, os_list.json
 //! flash/     writing images to disks: source, reader, writers, read-back verify, the target's
 //!            safety rules (devices), prompt and summary
+//! preview/   booting an image in QEMU: the firmware's boot files, the kernel's fitness, the
+//!            scratch copy, the node's LAN as QEMU's user network, the console's stages, the
+//!            checks against the profile, ssh
 //! cli.rs     clap's types
 //! commands/  one function per subcommand, the orchestration (anyhow at this edge)
 //! ```
@@ -37,4 +40,5 @@ pub mod flash;
 pub mod image;
 pub mod io;
 pub mod plan;
+pub mod preview;
 pub mod profile;
