@@ -68,6 +68,9 @@ pub enum Command {
     Bmap(BmapArgs),
     /// Write a small SD card image that updates a Pi 4's bootloader EEPROM (boot order, settings).
     Eeprom(EepromArgs),
+    /// Boot a node's image in QEMU and report whether it came up as the profile says: boot
+    /// stages, cloud-init, hostname, address, default route, ssh keys.
+    Preview(PreviewArgs),
 }
 
 /// How a base image named by URL is downloaded and verified.
@@ -234,4 +237,47 @@ pub struct EepromArgs {
     /// The card image to write.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `pi-image preview`.
+#[derive(Args)]
+pub struct PreviewArgs {
+    /// A node of the profile (its image is built into --out first), or an image file (a path
+    /// with a `/` or ending in `.img`), checked against the cloud-init files in it.
+    #[arg(value_name = "NODE|IMAGE", required_unless_present = "all")]
+    pub target: Option<String>,
+    /// Every node of the profile, one after another (or --jobs N at a time).
+    #[arg(long, conflicts_with = "target")]
+    pub all: bool,
+    /// With --all: boot N nodes at once (each takes about 2 GiB of memory and, without KVM, two
+    /// CPU cores).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "all", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    /// After the checks, open an ssh session on the node; the node stops when it ends.
+    #[arg(long, conflicts_with_all = ["console", "all", "json"])]
+    pub ssh: bool,
+    /// Boot with the node's serial console on this terminal (Ctrl-A x quits QEMU); no checks.
+    #[arg(long, conflicts_with_all = ["all", "json"])]
+    pub console: bool,
+    /// The private key to log in with [default: ~/.ssh/id_ed25519, id_ecdsa or id_rsa, if its
+    /// .pub is one of the node's keys]. Without one, keys are read from the guest's disk after
+    /// it powered off.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Seconds cloud-init may take to finish, from QEMU's start (a TCG boot on 2 cores takes
+    /// 2-6 minutes).
+    #[arg(long, value_name = "SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Print one JSON document on stdout instead of the report (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// The base image to build node images from (.img or .img.xz); overrides the profile's.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Where node images are built and console logs kept (`<out>/<node>.console.log`).
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// How the base is fetched.
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }

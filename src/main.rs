@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify(args),
         Command::Bmap(args) => commands::bmap(args),
         Command::Eeprom(args) => commands::eeprom(args),
+        Command::Preview(args) => commands::preview(&global, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ mod fetch;
 mod flash;
 pub mod inspect;
 mod nodes;
+mod preview;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,7 @@ pub use self::fetch::fetch;
 pub use self::flash::{flash, verify};
 pub use self::inspect::inspect;
 pub use self::nodes::nodes;
+pub use self::preview::preview;
 
 /// The profile at `path`, loaded and validated.
 fn load_profile(path: &Path) -> anyhow::Result<Profile> {
