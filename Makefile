@@ -5,7 +5,7 @@ BIN := target/release/pi-image
 FIXTURE := tests/fixtures/ubuntu-20.04.5-replica.img.xz
 DEMO_OUT ?= out/demo
 
-.PHONY: all build demo test bench clean
+.PHONY: all build demo test test-boot bench clean
 
 all: build
 
@@ -19,6 +19,13 @@ demo: build
 
 test:
 	$(CARGO) test --locked --all-targets
+
+# `pi-image preview` booting node images under QEMU (TCG): an SD node, an SSD node with
+# decompress_kernel and a node whose root is missing (tests/preview_boot.rs, ignored by plain
+# `cargo test`). About 8-12 minutes on 2 cores; the bootable test base is built once (root,
+# deb.debian.org) into ~/.cache/pi-image-tests by tests/fixtures/make-bootable-base.sh.
+test-boot:
+	$(CARGO) test --locked --test preview_boot -- --ignored --test-threads=1 --nocapture
 
 # Fetch speed and memory on a generated ~1 GB image served on loopback, flash speed and memory
 # on a generated ~3 GB image against dd and bmaptool, and release artifacts for five nodes
