@@ -22,7 +22,7 @@ test:
 
 # `pi-image preview` booting node images under QEMU (TCG): an SD node, an SSD node with
 # decompress_kernel and a node whose root is missing (tests/preview_boot.rs, ignored by plain
-# `cargo test`). About 8-12 minutes on 2 cores; the bootable test base is built once (root,
+# `cargo test`). 7-14 minutes on 2 cores; the bootable test base is built once (root,
 # deb.debian.org) into ~/.cache/pi-image-tests by tests/fixtures/make-bootable-base.sh.
 test-boot:
 	$(CARGO) test --locked --test preview_boot -- --ignored --test-threads=1 --nocapture
