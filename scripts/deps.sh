@@ -54,7 +54,8 @@ else
 fi
 echo "pi-image: installing the missing system packages $purpose (see $list):$missing" \
 	"($sudo$command)" >&2
-if ! { ${sudo}apt-get update -qq && ${sudo}env DEBIAN_FRONTEND=noninteractive $command -qq; }; then
+# apt's and dpkg's progress lines go to stdout and are dropped; their errors stay on stderr.
+if ! { ${sudo}apt-get update -qq && ${sudo}env DEBIAN_FRONTEND=noninteractive $command -qq; } >/dev/null; then
 	echo "pi-image: installing failed; run it yourself: $sudo$command" >&2
 	exit 1
 fi
