@@ -1,5 +1,5 @@
-//! The `pi-image` command: parse the arguments, run the subcommand, map its error to the exit
-//! status.
+//! The `pi-image` command: parse the arguments (a usage error exits with 2), run the subcommand,
+//! map its error to the exit status (see `commands::exit_status`).
 
 use std::process::ExitCode;
 
@@ -15,19 +15,21 @@ fn main() -> ExitCode {
         Command::Fetch(args) => commands::fetch(&global, args),
         Command::Cache { action } => commands::cache(&global, action),
         Command::Inspect(args) => commands::inspect(args),
-        Command::Nodes => commands::nodes(&global),
+        Command::Nodes(args) => commands::nodes(&global, args),
         Command::Devices(args) => commands::devices(args),
         Command::Flash(args) => commands::flash(&global, args),
         Command::Verify(args) => commands::verify(args),
         Command::Bmap(args) => commands::bmap(args),
         Command::Eeprom(args) => commands::eeprom(args),
         Command::Preview(args) => commands::preview(&global, args),
+        Command::Completions(args) => commands::completions(args),
+        Command::Man(args) => commands::man(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pi-image: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(commands::exit_status(&e))
         }
     }
 }

@@ -347,12 +347,18 @@ fn builds_are_reproducible_and_the_base_is_untouched() {
         fs::read(&raw).unwrap() == before,
         "the base image was modified"
     );
-    let names: Vec<_> = fs::read_dir(&out)
+    let mut names: Vec<_> = fs::read_dir(&out)
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(names, vec!["pi3.img"], "temp files left behind");
+    names.sort();
+    // The image and the build record (`.pi-image/build.json`), nothing else.
+    assert_eq!(
+        names,
+        vec![".pi-image", "pi3.img"],
+        "temp files left behind"
+    );
 }
 
 #[test]

@@ -166,34 +166,26 @@ fn several_targets_at_once_and_a_failing_one_does_not_stop_the_others() {
 fn flash_node_writes_the_same_bytes_as_build() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("pi3-card.img");
-    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("out");
     pi_image_ok(
         &repo(),
         &[
             "--cache-dir",
-            s(&cache),
+            s(&tmp.path().join("cache")),
             "flash",
             "--node",
             "pi3",
             s(&target),
             "--base",
             s(&fixture_xz()),
+            "--out",
+            s(&out),
             "--to-file",
         ],
     );
     run_ok(Command::new("cmp").args([&demo_images().join("pi3.img"), &target]));
-    // The image built for flashing is gone from the cache.
-    let left: Vec<_> = fs::read_dir(&cache)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    assert!(
-        !left
-            .iter()
-            .any(|n| n.to_string_lossy().starts_with("flash-")),
-        "{left:?}"
-    );
+    // The image was built where `build` puts it, and stays there.
+    run_ok(Command::new("cmp").args([&demo_images().join("pi3.img"), &out.join("pi3.img")]));
 }
 
 #[test]
@@ -244,6 +236,23 @@ fn refusals_write_nothing() {
         "{err}"
     );
     assert_eq!(sha256(&target), before);
+}
+
+#[test]
+fn a_device_that_does_not_exist_points_to_pi_image_devices() {
+    let img = demo_images().join("pi1.img");
+    let out = pi_image(
+        &repo(),
+        &["flash", s(&img), "/dev/pi-image-no-such-disk", "--yes"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && err.contains(
+                "/dev/pi-image-no-such-disk: no such device; `pi-image devices` lists the disks an image can go to"
+            ),
+        "{err}"
+    );
 }
 
 #[test]

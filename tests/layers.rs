@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 /// From the bottom up. `cli` sits just below `commands`, which parses nothing itself.
 const LAYERS: &[&str] = &[
-    "io", "bootconf", "profile", "plan", "image", "build", "base", "dist", "flash", "preview",
-    "cli", "commands",
+    "io", "bootconf", "profile", "plan", "image", "build", "base", "outdir", "dist", "flash",
+    "preview", "cli", "commands",
 ];
 
 /// Layers that are siblings, not above one another: neither may use the other.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::build::{self, BuildOptions};
 use crate::cli::{Global, PreviewArgs};
+use crate::outdir::{self, OutDir};
 use crate::preview::expect::Expected;
 use crate::preview::scratch::{InterruptGuard, interrupted};
 use crate::preview::{self, Host, Mode, Options, Report};
@@ -39,7 +39,7 @@ pub fn preview(global: &Global, args: PreviewArgs) -> anyhow::Result<()> {
             println!("{line}");
         }
     };
-    let targets = targets(global, &args, &say)?;
+    let (_held, targets) = targets(global, &args, &say)?;
     let jobs = (args.jobs as usize).min(targets.len()).max(1);
     let host = Host::detect(jobs)?;
     let _interrupts = InterruptGuard::install();
@@ -101,8 +101,13 @@ pub fn preview(global: &Global, args: PreviewArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The images to boot: the profile's nodes (built now), or an image file.
-fn targets(global: &Global, args: &PreviewArgs, say: &dyn Fn(&str)) -> anyhow::Result<Vec<Target>> {
+/// The images to boot: the profile's nodes' current images (with their output directory, held
+/// until the boots are over), or an image file.
+fn targets(
+    global: &Global,
+    args: &PreviewArgs,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<(Option<OutDir>, Vec<Target>)> {
     let named = args.target.as_deref().unwrap_or("");
     if !args.all && is_image_path(named) {
         let image = PathBuf::from(named);
@@ -110,12 +115,15 @@ fn targets(global: &Global, args: &PreviewArgs, say: &dyn Fn(&str)) -> anyhow::R
         let label = image
             .file_stem()
             .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-        return Ok(vec![Target {
-            log: image.with_extension("console.log"),
-            label,
-            image,
-            expected,
-        }]);
+        return Ok((
+            None,
+            vec![Target {
+                log: image.with_extension("console.log"),
+                label,
+                image,
+                expected,
+            }],
+        ));
     }
     let profile = super::load_profile(&global.profile)?;
     let nodes: Vec<&Node> = if args.all {
@@ -123,11 +131,8 @@ fn targets(global: &Global, args: &PreviewArgs, say: &dyn Fn(&str)) -> anyhow::R
     } else {
         vec![super::find_node(&profile, named)?]
     };
-    let images = current_images(&profile, &nodes, global, args)?;
-    for image in &images {
-        say(&format!("built {}", image.display()));
-    }
-    Ok(nodes
+    let (held, images) = current_images(&profile, &nodes, global, args, say)?;
+    let targets = nodes
         .iter()
         .zip(images)
         .map(|(node, image)| Target {
@@ -136,7 +141,8 @@ fn targets(global: &Global, args: &PreviewArgs, say: &dyn Fn(&str)) -> anyhow::R
             image,
             expected: Expected::from_node(node),
         })
-        .collect())
+        .collect();
+    Ok((Some(held), targets))
 }
 
 /// A path rather than a node name: it has a `/`, ends in `.img`, or is an existing file.
@@ -144,24 +150,21 @@ fn is_image_path(s: &str) -> bool {
     s.contains('/') || s.ends_with(".img") || Path::new(s).is_file()
 }
 
-/// The current image of each node in `--out`, built now from the base.
-///
-/// Seam: this builds every time. The shared "current image for node N in out/, building it
-/// if missing or stale" function (issue 12) replaces it.
+/// The current image of each node in `--out` (built first when missing or stale, as `flash
+/// --node` does), with the output directory held shared so that no build replaces them while
+/// they are copied for booting.
 fn current_images(
     profile: &Profile,
     nodes: &[&Node],
     global: &Global,
     args: &PreviewArgs,
-) -> anyhow::Result<Vec<PathBuf>> {
-    let base = super::resolve_base(profile, args.base.clone(), global, &args.fetch)?;
-    let opts = BuildOptions {
-        base: base.path().to_owned(),
-        out_dir: args.out.clone(),
-        epoch: super::source_date_epoch()?,
-    };
-    Ok(build::build_nodes(profile, nodes, &opts)?
-        .into_iter()
-        .map(|b| b.path)
-        .collect())
+    say: &dyn Fn(&str),
+) -> anyhow::Result<(OutDir, Vec<PathBuf>)> {
+    let req = super::request(profile, args.base.clone(), global, &args.fetch)?;
+    let out = OutDir::for_building(&args.out)?;
+    let images = outdir::current_images(&out, &req, nodes, &mut |node, why| {
+        say(&format!("building {node} first: {why}"));
+    })?;
+    out.share()?;
+    Ok((out, images.into_iter().map(|i| i.path).collect()))
 }

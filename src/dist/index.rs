@@ -12,13 +12,31 @@ use serde::{Deserialize, Serialize};
 use super::DistError;
 use crate::image::PendingOutput;
 use crate::io::{AtPath, PathError, sums};
+use crate::profile::Target;
 
 /// The checksum file, in the format of Ubuntu's (`<sha256> *<file>`, one line per file).
 pub const SHA256SUMS: &str = "SHA256SUMS";
 /// The Raspberry Pi Imager repository file.
 pub const OS_LIST: &str = "os_list.json";
 
-/// An `os_list.json` entry, with the fields Raspberry Pi Imager reads for a custom image.
+/// The icon of every entry: one Raspberry Pi Imager ships (a path starting `icons/` names its
+/// own), so the list needs no icon file or other host.
+pub const ICON: &str = "icons/cat_other_general_purpose_operating_systems.png";
+
+/// Imager's device tags for the boards an image of `target` boots: the arm64 Ubuntu images
+/// run on a Pi 3 and a Pi 4 (400, CM4) from an SD card, while the USB SSD path is written for
+/// the Pi 4's firmware only. The Pi 5 is left out: nothing here was tried on one.
+pub fn device_tags(target: Target) -> Vec<String> {
+    let tags: &[&str] = match target {
+        Target::Sd => &["pi3-64bit", "pi4-64bit"],
+        Target::Ssd => &["pi4-64bit"],
+    };
+    tags.iter().map(|t| t.to_string()).collect()
+}
+
+/// An `os_list.json` entry, with the fields Raspberry Pi Imager's schema requires for an image
+/// (`doc/json-schema/os-list-schema.json` in rpi-imager). There is no `init_format`: without it
+/// Imager offers no OS customisation, which would overwrite the cloud-init files pi-image wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OsEntry {
     /// Shown in the OS list.
@@ -37,6 +55,10 @@ pub struct OsEntry {
     pub image_download_sha256: String,
     /// `YYYY-MM-DD`, from `SOURCE_DATE_EPOCH`.
     pub release_date: String,
+    /// Shown beside the name ([`ICON`]).
+    pub icon: String,
+    /// Imager's tags of the boards the image boots ([`device_tags`]).
+    pub devices: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,8 +138,8 @@ fn read_os_list(path: &Path) -> Result<Vec<OsEntry>, DistError> {
             path: path.to_owned(),
             reason: format!(
                 "{e} (expected {{\"os_list\": [...]}} with name, description, url, extract_size, \
-                 extract_sha256, image_download_size, image_download_sha256 and release_date in \
-                 every entry)"
+                 extract_sha256, image_download_size, image_download_sha256, release_date, icon \
+                 and devices in every entry)"
             ),
         })
 }
@@ -151,6 +173,8 @@ mod tests {
             image_download_size: 1,
             image_download_sha256: sha.to_string().repeat(64),
             release_date: "2022-09-01".into(),
+            icon: ICON.into(),
+            devices: device_tags(Target::Sd),
         }
     }
 

@@ -187,12 +187,9 @@ fn os_entry(profile: &Profile, a: &Artifact, epoch: i64) -> OsEntry {
     let c = &a.compressed;
     let mut description = a.node.clone();
     if let Some(node) = profile.node(&a.node) {
-        description = match &node.domain {
-            Some(d) => format!("{}.{d}", node.hostname),
-            None => node.hostname.clone(),
-        };
-        if let Some(net) = &node.network {
-            description.push_str(&format!(" {}/{}", net.address, net.prefix_len));
+        description = node.fqdn();
+        if let Some(cidr) = node.cidr() {
+            description.push_str(&format!(" {cidr}"));
         }
     }
     description.push_str(&format!(
@@ -216,6 +213,8 @@ fn os_entry(profile: &Profile, a: &Artifact, epoch: i64) -> OsEntry {
             let d = UtcDateTime::from_unix(epoch);
             format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
         },
+        icon: index::ICON.to_string(),
+        devices: index::device_tags(a.target),
     }
 }
 

@@ -23,16 +23,25 @@ pub enum DeviceError {
     Io(#[from] PathError),
     /// The target is not a block device (and `--to-file` was not given).
     #[error(
-        "{}: refusing to write: not a block device (use --to-file to write an image file)",
+        "{}: refusing to write: not a block device (use --to-file to write an image file; `pi-image devices` lists the disks)",
         path.display()
     )]
     NotBlock {
         /// The target.
         path: PathBuf,
     },
+    /// The target does not exist.
+    #[error(
+        "{}: no such device; `pi-image devices` lists the disks an image can go to",
+        path.display()
+    )]
+    Missing {
+        /// The target.
+        path: PathBuf,
+    },
     /// The target is a partition, not a whole disk.
     #[error(
-        "{}: refusing to write: it is a partition of {disk}; give the whole disk (/dev/{disk})",
+        "{}: refusing to write: it is a partition of {disk}; give the whole disk /dev/{disk}",
         path.display()
     )]
     IsPartition {
@@ -167,7 +176,7 @@ impl Disk {
     /// One line for a confirmation prompt or a listing: path, size, model, serial, transport.
     pub fn describe(&self) -> String {
         format!(
-            "{} {} model '{}' serial '{}' ({}{})",
+            "{}: {}, model '{}', serial '{}', {}{}",
             self.dev_path.display(),
             human(self.size),
             self.model,
@@ -443,7 +452,14 @@ pub fn list(root: &SysRoot) -> Result<Vec<Disk>, DeviceError> {
 /// The disk behind the device node `node` (a real `/dev` path), read through `root`. Refuses
 /// anything that is not a block device, and partitions.
 pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
-    let meta = fs::metadata(node).at(node)?;
+    let meta = match fs::metadata(node) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DeviceError::Missing {
+                path: node.to_owned(),
+            });
+        }
+        m => m.at(node)?,
+    };
     if !meta.file_type().is_block_device() {
         return Err(DeviceError::NotBlock {
             path: node.to_owned(),

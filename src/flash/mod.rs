@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use self::devices::DeviceError;
 use self::reader::{Piece, Slot, read_source};
-pub use self::report::{confirm, summary};
+pub use self::report::{About, NodeFacts, confirm, summary};
 pub use self::source::Source;
 pub use self::target::Target;
 pub use self::verify::verify;

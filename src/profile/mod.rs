@@ -196,6 +196,23 @@ pub struct Node {
     pub partition_table: PartitionScheme,
 }
 
+impl Node {
+    /// `hostname.domain`, or the hostname alone when there is no domain.
+    pub fn fqdn(&self) -> String {
+        match &self.domain {
+            Some(d) => format!("{}.{d}", self.hostname),
+            None => self.hostname.clone(),
+        }
+    }
+
+    /// The static address with its prefix length (`192.168.1.13/24`); `None` for DHCP.
+    pub fn cidr(&self) -> Option<String> {
+        self.network
+            .as_ref()
+            .map(|net| format!("{}/{}", net.address, net.prefix_len))
+    }
+}
+
 /// A loaded, validated profile.
 #[derive(Debug, Clone)]
 pub struct Profile {
