@@ -16,13 +16,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::image::PendingOutput;
 use crate::io::calendar::UtcDateTime;
-use crate::io::{AtPath, PathError, sums};
+use crate::io::{AtPath, PathError, sums, tempfiles};
 
 /// Errors reading or changing the cache.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +101,32 @@ impl Cleaned {
         self.bytes += used;
         Ok(())
     }
+
+    /// Remove the directory at `path` with everything in it, counting its files.
+    pub fn remove_dir(&mut self, path: &Path) -> Result<(), PathError> {
+        for entry in fs::read_dir(path).at(path)? {
+            let entry = entry.at(path)?;
+            let p = entry.path();
+            if entry.file_type().at(&p)?.is_dir() {
+                self.remove_dir(&p)?;
+            } else {
+                self.remove(&p)?;
+            }
+        }
+        fs::remove_dir(path).at(path)
+    }
+
+    /// Remove every temp file or directory ([`tempfiles`]) in `dir`, whoever made it.
+    pub fn remove_temps(&mut self, dir: &Path) -> Result<(), PathError> {
+        for temp in tempfiles::temps_in(dir).at(dir)? {
+            if temp.is_dir {
+                self.remove_dir(&temp.path)?;
+            } else {
+                self.remove(&temp.path)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An open cache directory.
@@ -149,13 +176,15 @@ impl Cache {
         &self.dir
     }
 
-    /// Take the cache lock, waiting (and saying so on stderr) while another run holds it.
+    /// Take the cache lock, waiting (and saying so on stderr) while another run holds it. Then
+    /// remove the temps that runs killed earlier left in the cache.
     pub fn lock(&self) -> Result<CacheLock, CacheError> {
         let path = self.dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .at(&path)?;
         match file.try_lock() {
@@ -168,6 +197,9 @@ impl Cache {
                 file.lock().at(&path)?;
             }
             Err(fs::TryLockError::Error(e)) => return Err(PathError::new(&path, e).into()),
+        }
+        for dir in [self.dir.clone(), self.dir.join("partial")] {
+            tempfiles::sweep_stale(&dir).at(&dir)?;
         }
         Ok(CacheLock { _file: file })
     }
@@ -253,11 +285,12 @@ impl Cache {
         Ok(())
     }
 
-    /// Remove every image, metadata file, partial download, compressed chunk and leftover temp
-    /// file.
+    /// Remove every image, metadata file, partial download and leftover temp file or directory
+    /// (the caller holds the lock, so no other run is writing one).
     pub fn clean(&self) -> Result<Cleaned, CacheError> {
         let mut cleaned = Cleaned::default();
         for dir in [self.dir.clone(), self.dir.join("partial")] {
+            cleaned.remove_temps(&dir)?;
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -271,12 +304,18 @@ impl Cache {
                     .unwrap_or_default();
                 // Only what pi-image itself writes here: never the lock (another run may be
                 // waiting on it) nor files someone else put in the directory.
-                let ours = name.ends_with(".img")
-                    || name.ends_with(".toml")
-                    || name.ends_with(".part")
-                    || (name.starts_with('.') && name.ends_with(".tmp"));
+                let ours =
+                    name.ends_with(".img") || name.ends_with(".toml") || name.ends_with(".part");
                 if ours && path.is_file() {
                     cleaned.remove(&path)?;
+                }
+                // `flash-<pid>`: node images of `flash --node` before temp directories were
+                // named like temp files.
+                let old_flash_dir = name
+                    .strip_prefix("flash-")
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                if old_flash_dir.is_some_and(|pid| !tempfiles::pid_alive(pid)) && path.is_dir() {
+                    cleaned.remove_dir(&path)?;
                 }
             }
         }

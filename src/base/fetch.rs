@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -605,16 +606,22 @@ fn download(
             status: format!("{status} to a request without Range"),
         }));
     }
+    // Never through a symlink planted at the name.
     let part = OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&part_path)
         .map_err(|e| fatal_io(&part_path, e))?;
     // A restart (or a .part longer than what we resume from) drops the old bytes.
     part.set_len(part_len)
         .map_err(|e| fatal_io(&part_path, e))?;
     let replay = if part_len > 0 {
-        let f = File::open(&part_path).map_err(|e| fatal_io(&part_path, e))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&part_path)
+            .map_err(|e| fatal_io(&part_path, e))?;
         Some(BufReader::with_capacity(NET_BUF, f))
     } else {
         None

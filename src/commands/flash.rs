@@ -10,7 +10,7 @@ use crate::build::{self, BuildOptions};
 use crate::cli::{FlashArgs, Global, VerifyArgs};
 use crate::flash::devices::{self, SysRoot};
 use crate::flash::{self, FlashOptions, Job, Source, Target};
-use crate::io::AtPath;
+use crate::io::{AtPath, tempfiles};
 use crate::profile::{Node, Profile};
 
 /// Write images to disks (or files), each target checked before anything is written.
@@ -39,8 +39,10 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
             .chunks(2)
             .map(|pair| super::find_node(&profile, &pair[0]))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let base = super::resolve_base(&profile, args.base.clone(), global, &args.fetch)?;
+        let mut base = super::resolve_base(&profile, args.base.clone(), global, &args.fetch)?;
         let cache = Cache::open_or_default(global.cache_dir())?;
+        // The node images live in the cache: `cache clean` waits until they are gone.
+        base.hold_cache_lock(&cache)?;
         let images = NodeImages::build(
             &profile,
             &nodes,
@@ -119,9 +121,11 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Node images built only to be flashed: a directory in the image cache, removed with the value.
+/// Node images built only to be flashed: a temp directory in the image cache, removed with the
+/// value (or by SIGINT/SIGTERM, or by a later run once this one is gone).
 struct NodeImages {
     dir: PathBuf,
+    _registered: tempfiles::Registered,
     /// (node name, image path) in the order asked for.
     images: Vec<(String, PathBuf)>,
 }
@@ -136,10 +140,10 @@ impl NodeImages {
         cache_dir: &Path,
         epoch: i64,
     ) -> anyhow::Result<NodeImages> {
-        let dir = cache_dir.join(format!("flash-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).at(&dir)?;
+        let (dir, registered) = tempfiles::create_dir_beside(&cache_dir.join("flash")).at(cache_dir)?;
         let mut this = NodeImages {
             dir,
+            _registered: registered,
             images: Vec::new(),
         };
         let opts = BuildOptions {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::base::cache::Cleaned;
 use crate::image::{ImageError, PendingOutput};
-use crate::io::{AtPath, FileRange, PathError, hex, sha256_hex};
+use crate::io::{AtPath, FileRange, PathError, hex, sha256_hex, tempfiles};
 
 /// Raw bytes per chunk: 32 MiB. Four times xz -6's 8 MiB dictionary, so a chunk boundary costs
 /// little ratio (the size grows well under 2 % against one stream), while a node's few edits
@@ -204,6 +204,7 @@ impl ChunkStore {
             compression.level
         ));
         fs::create_dir_all(&dir).at(&dir)?;
+        tempfiles::sweep_stale(&dir).at(&dir)?;
         Ok(ChunkStore { dir, compression })
     }
 
@@ -231,14 +232,14 @@ impl ChunkStore {
             if !dir.is_dir() {
                 continue;
             }
+            cleaned.remove_temps(&dir)?;
             for chunk in fs::read_dir(&dir).at(&dir)? {
                 let path = chunk.at(&dir)?.path();
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let ours = [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e))
-                    || (name.starts_with('.') && name.ends_with(".tmp"));
+                let ours = [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e));
                 if ours && path.is_file() {
                     cleaned.remove(&path)?;
                 }

@@ -1,0 +1,217 @@
+//! The holes of issue 14, each tried the way an attacker, a flaky machine or an impatient user
+//! would try it, through the `pi-image` binary: planted symlinks, signals and kills, crafted
+//! profiles, overlays, bases, `.bmap` files and chunk stores. Each test failed before its fix.
+//! Judged by the file system itself, sha256sum, xz, python3 and mtools.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fixture_raw, fixture_xz, pi_image, pi_image_ok, repo, run, s, sha256};
+
+/// `pi-image` with `args` in `cwd`, started in the background.
+fn spawn(cwd: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pi-image"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Send `sig` to `child`.
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill on a process we started and have not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// Wait (at most 60 s) until `dir` holds an entry whose name `wanted` accepts.
+fn wait_for(dir: &Path, wanted: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if wanted(&name) {
+                    return name;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "nothing turned up in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The names in `dir`, sorted (empty if it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Temp files and directories (`.<name>....tmp`) anywhere under `dir`.
+fn temps_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            out.push(p.clone());
+        }
+        if e.file_type().unwrap().is_dir() {
+            out.extend(temps_under(&p));
+        }
+    }
+    out
+}
+
+fn demo_profile() -> PathBuf {
+    repo().join("profiles/cluster.toml")
+}
+
+/// (11) 3,000 symlinks planted at the temp names the next processes would have used: the build
+/// writes neither the decompressed base nor the image through them.
+#[test]
+fn hole_11_planted_temp_symlinks_are_never_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .map(|t| t.trim().parse().unwrap())
+        .unwrap_or(32768);
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .map(|t| t.trim().parse().unwrap())
+        .unwrap_or_else(|_| std::process::id());
+    for i in 1..=3000 {
+        let pid = (last + i) % pid_max;
+        for name in ["base.raw", "pi1.img"] {
+            symlink(&victim, out.join(format!(".{name}.{pid}.tmp"))).unwrap();
+        }
+    }
+    pi_image_ok(
+        &repo(),
+        &[
+            "--profile",
+            s(&demo_profile()),
+            "build",
+            "--node",
+            "pi1",
+            "--base",
+            s(&fixture_xz()),
+            "--out",
+            s(&out),
+        ],
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    let img = fs::symlink_metadata(out.join("pi1.img")).unwrap();
+    assert!(img.file_type().is_file());
+    assert_eq!(img.len(), fs::metadata(fixture_raw()).unwrap().len());
+}
+
+/// (12) SIGTERM and SIGINT: every temp removed, exit status 143 and 130.
+#[test]
+fn hole_12_sigterm_and_sigint_remove_the_temps_and_exit_143_and_130() {
+    for (sig, status) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let child = spawn(
+            &repo(),
+            &[
+                "build",
+                "--node",
+                "pi1",
+                "--base",
+                s(&fixture_xz()),
+                "--out",
+                s(&out),
+            ],
+        );
+        wait_for(&out, |n| n.starts_with(".base.raw."));
+        signal(&child, sig);
+        let done = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(status), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
+        assert_eq!(names(&out), Vec::<String>::new(), "left in out/");
+    }
+}
+
+/// (12) A SIGKILLed build leaves its temps; the next run removes them (their owner is gone).
+#[test]
+fn hole_12_the_next_run_sweeps_what_a_killed_run_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let xz = fixture_xz();
+    let args = [
+        "build",
+        "--node",
+        "pi1",
+        "--base",
+        s(&xz),
+        "--out",
+        s(&out),
+    ];
+    let mut child = spawn(&repo(), &args);
+    wait_for(&out, |n| n.starts_with(".base.raw."));
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    assert!(!temps_under(&out).is_empty(), "the kill left nothing to sweep");
+    pi_image_ok(&repo(), &args);
+    assert_eq!(names(&out), ["pi1.img"]);
+}
+
+/// (12) `cache clean` removes everything pi-image puts in the cache, including the node
+/// images of a killed `flash --node`.
+#[test]
+fn hole_12_cache_clean_removes_a_killed_flash_nodes_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let target = tmp.path().join("copy.img");
+    let mut child = spawn(
+        &repo(),
+        &[
+            "--cache-dir",
+            s(&cache),
+            "flash",
+            "--node",
+            "pi1",
+            s(&target),
+            "--base",
+            s(&fixture_xz()),
+            "--to-file",
+        ],
+    );
+    wait_for(&cache, |n| n.contains("flash"));
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    assert!(
+        names(&cache).iter().any(|n| n.contains("flash")),
+        "{:?}",
+        names(&cache)
+    );
+    let out = pi_image_ok(&repo(), &["--cache-dir", s(&cache), "cache", "clean"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
+    assert_eq!(names(&cache), ["lock", "partial"]);
+    assert_eq!(names(&cache.join("partial")), Vec::<String>::new());
+}
