@@ -215,3 +215,182 @@ fn hole_12_cache_clean_removes_a_killed_flash_nodes_directory() {
     assert_eq!(names(&cache), ["lock", "partial"]);
     assert_eq!(names(&cache.join("partial")), Vec::<String>::new());
 }
+
+/// The demo key, for profiles made here.
+fn demo_key() -> String {
+    fs::read_to_string(repo().join("profiles/keys/demo.pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A work directory with `profile.toml`: one node `pi1` built from the fixture, overlays in
+/// `overlays/`, and `node` added to the node's table.
+fn project(node: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("overlays")).unwrap();
+    fs::write(
+        dir.path().join("profile.toml"),
+        format!(
+            "[cluster]\nname = \"t\"\nbase = \"{}\"\noverlays_dir = \"overlays\"\n\n[[nodes]]\nname = \"pi1\"\n{node}\n",
+            fixture_xz().display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// `pi-image --profile <dir>/profile.toml ARGS` in `dir`.
+fn in_project(dir: &Path, args: &[&str]) -> std::process::Output {
+    let profile = dir.join("profile.toml");
+    let mut all = vec!["--profile", s(&profile)];
+    all.extend_from_slice(args);
+    pi_image(dir, &all)
+}
+
+/// Assert that `out` failed with every one of `wants` in its stderr.
+fn refused(out: std::process::Output, wants: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted; stderr: {err}");
+    for w in wants {
+        assert!(err.contains(w), "'{w}' missing in: {err}");
+    }
+}
+
+/// The text of `file` in the boot partition of `img`, by mtools.
+fn boot_file(img: &Path, file: &str) -> String {
+    let start = common::sfdisk_partitions(img)[0].0;
+    let (ok, out, err) = run(
+        "mtype",
+        &["-i", &format!("{}@@{start}", s(img)), &format!("::{file}")],
+    );
+    assert!(ok, "mtype {file}: {err}");
+    out
+}
+
+/// (6) A newline inside an inline key would add `authorized_keys` lines of its own.
+#[test]
+fn hole_06_a_newline_in_an_ssh_key_is_refused() {
+    let key = demo_key();
+    let dir = project(&format!(
+        "ssh_keys = [\"{key}\\ncommand=\\\"/bin/sh\\\" {key}\"]"
+    ));
+    refused(
+        in_project(dir.path(), &["nodes"]),
+        &["nodes[0].ssh_keys", "control character"],
+    );
+    // Options written into the key itself, inline or in a key file, are refused too.
+    let dir = project(&format!("ssh_keys = [\"command=\\\"/bin/sh\\\" {key}\"]"));
+    refused(
+        in_project(dir.path(), &["nodes"]),
+        &["authorized_keys options", "options = [...]"],
+    );
+    let dir = project("ssh_keys = [\"k.pub\"]");
+    fs::write(dir.path().join("k.pub"), format!("no-pty {key}\n")).unwrap();
+    refused(in_project(dir.path(), &["nodes"]), &["k.pub:1:1", "options"]);
+}
+
+/// (6) Options are taken from the explicit `{ key, options }` form only, each checked.
+#[test]
+fn hole_06_key_options_only_from_the_explicit_form() {
+    let key = demo_key();
+    let dir = project(&format!(
+        "ssh_keys = [{{ key = \"{key}\", options = [\"from=\\\"10.0.0.0/8\\\"\", \"no-pty\"] }}]"
+    ));
+    let out = dir.path().join("out");
+    let done = in_project(dir.path(), &["build", "--node", "pi1", "--out", s(&out)]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let user_data = boot_file(&out.join("pi1.img"), "user-data");
+    assert_eq!(
+        common::yaml_eval(&user_data, "d['ssh_authorized_keys']"),
+        format!("['from=\"10.0.0.0/8\",no-pty {key}']")
+    );
+    for bad in ["command=\\\"/bin/sh\\\\\\\"x\\\"", "from=10.0.0.0/8", "shell=\\\"x\\\""] {
+        let dir = project(&format!(
+            "ssh_keys = [{{ key = \"{key}\", options = [\"{bad}\"] }}]"
+        ));
+        refused(
+            in_project(dir.path(), &["nodes"]),
+            &["nodes[0].ssh_keys", "is not an authorized_keys option"],
+        );
+    }
+}
+
+/// (7) Quotes and control characters in cmdline tokens, control characters in config.txt.
+#[test]
+fn hole_07_quotes_nul_and_control_characters_in_boot_settings_are_refused() {
+    for (node, field) in [
+        ("cmdline = [\"a=\\\"b\"]", "nodes[0].cmdline"),
+        ("cmdline = [\"a\\u0000b\"]", "nodes[0].cmdline"),
+        (
+            "[nodes.config_txt.all]\ndtparam = \"audio=on\\u0000x\"",
+            "nodes[0].config_txt.all.dtparam",
+        ),
+        (
+            "[nodes.config_txt.all]\ndtparam = \"audio=on\\u001bx\"",
+            "nodes[0].config_txt.all.dtparam",
+        ),
+    ] {
+        let dir = project(node);
+        refused(in_project(dir.path(), &["nodes"]), &[field]);
+    }
+}
+
+/// (8) A boot overlay file named like a generated cloud-init file, in any case.
+#[test]
+fn hole_08_boot_overlays_cannot_replace_generated_files() {
+    for name in ["USER-DATA", "meta-data", "Network-Config", "cmdline.txt"] {
+        let dir = project("overlays = [\"o\"]");
+        let boot = dir.path().join("overlays/o/boot");
+        fs::create_dir_all(&boot).unwrap();
+        fs::write(boot.join(name), "#cloud-config\n").unwrap();
+        let out = dir.path().join("out");
+        refused(
+            in_project(dir.path(), &["build", "--node", "pi1", "--out", s(&out)]),
+            &[name, "generates", "user_data"],
+        );
+        assert!(!out.join("pi1.img").exists());
+    }
+}
+
+/// (9) Plain-text passwords in the extra user-data.
+#[test]
+fn hole_09_plain_text_passwords_in_user_data_are_refused() {
+    for (table, path) in [
+        (
+            "[nodes.user_data.chpasswd]\nlist = [\"ubuntu:hunter2\"]",
+            "chpasswd.list[0]",
+        ),
+        (
+            "[[nodes.user_data.users]]\nname = \"bob\"\nplain_text_passwd = \"hunter2\"",
+            "users[0].plain_text_passwd",
+        ),
+        (
+            "[[nodes.user_data.users]]\nname = \"bob\"\npasswd = \"hunter2\"",
+            "users[0].passwd",
+        ),
+    ] {
+        let dir = project(table);
+        refused(
+            in_project(dir.path(), &["nodes"]),
+            &["nodes[0].user_data", path, "plain-text password"],
+        );
+    }
+}
+
+/// (10) An owner of 4294967295 is -1: "leave unchanged", never a real owner.
+#[test]
+fn hole_10_owner_minus_one_in_a_manifest_is_refused() {
+    for owner in ["4294967295:0", "0:4294967295"] {
+        let dir = project("overlays = [\"o\"]");
+        let o = dir.path().join("overlays/o");
+        fs::create_dir_all(o.join("rootfs/etc")).unwrap();
+        fs::write(o.join("rootfs/etc/x.conf"), "x\n").unwrap();
+        fs::write(o.join("rootfs.toml"), format!("[\"etc/x.conf\"]\nowner = \"{owner}\"\n")).unwrap();
+        let out = dir.path().join("out");
+        refused(
+            in_project(dir.path(), &["build", "--node", "pi1", "--out", s(&out)]),
+            &["rootfs.toml", "etc/x.conf", "4294967294"],
+        );
+    }
+}
