@@ -784,11 +784,25 @@ impl Gpg {
     /// An armored detached signature over `data` by every key in `uids` (like Ubuntu's
     /// SHA256SUMS.gpg, which holds one signature per signing key).
     fn sign(&self, uids: &[&str], data: &[u8]) -> Vec<u8> {
+        self.sign_with(uids, &[], data)
+    }
+
+    /// Like [`Gpg::sign`], with more gpg options (`--digest-algo SHA1`, a faked time, ...).
+    fn sign_with(&self, uids: &[&str], extra: &[&str], data: &[u8]) -> Vec<u8> {
         let mut args = vec!["--armor", "--detach-sign"];
+        args.extend_from_slice(extra);
         for u in uids {
             args.extend(["--local-user", u]);
         }
         self.run(&args, Some(data))
+    }
+
+    /// The primary key fingerprint of `uid`.
+    fn fingerprint(&self, uid: &str) -> String {
+        let listing =
+            String::from_utf8(self.run(&["--with-colons", "--list-keys", uid], None)).unwrap();
+        let fpr = listing.lines().find(|l| l.starts_with("fpr:")).unwrap();
+        fpr.split(':').nth(9).unwrap().to_string()
     }
 }
 
@@ -922,6 +936,126 @@ fn sha256sums_signature_is_checked() {
     fs::write(&p, text).unwrap();
     ok(run(dir.path(), &["fetch"]));
     assert_cached(dir.path(), &xz);
+}
+
+/// (5) Weak hashes, expired and revoked keys, expired signatures: each refused, nothing
+/// downloaded; a good signature by the same kind of key still passes.
+#[test]
+fn hole_05_weak_expired_and_revoked_signatures_are_refused() {
+    let gpg = Gpg::new();
+    let (server, _) = serve_fixture();
+    let sums = server.state.lock().unwrap().files["/SHA256SUMS"].clone();
+    let dir = sums_profile(&server);
+    // Made in 2020, valid for a day.
+    let past = ["--faked-system-time", "20200101T000000!"];
+    gpg.key("Good <good@test.invalid>", "rsa2048");
+    let mut args = past.to_vec();
+    args.extend([
+        "--quick-gen-key",
+        "Expired <old@test.invalid>",
+        "rsa2048",
+        "sign",
+        "1d",
+    ]);
+    gpg.run(&args, None);
+    let mut args = vec!["--faked-system-time", "20190101T000000!"];
+    args.extend([
+        "--quick-gen-key",
+        "Past <past@test.invalid>",
+        "rsa2048",
+        "sign",
+        "never",
+    ]);
+    gpg.run(&args, None);
+    gpg.key("Revoked <rev@test.invalid>", "rsa2048");
+    // Signed while the key was good, then revoked.
+    let rev_sig = gpg.sign(&["rev@test.invalid"], &sums);
+    let fpr = gpg.fingerprint("rev@test.invalid");
+    let rev =
+        fs::read_to_string(gpg.home.path().join(format!("openpgp-revocs.d/{fpr}.rev"))).unwrap();
+    // gpg prefixes the armor line with ':' so that the certificate is not imported by accident.
+    gpg.run(
+        &["--import"],
+        Some(rev.replace(":-----BEGIN", "-----BEGIN").as_bytes()),
+    );
+    for (uid, file) in [
+        ("good@test.invalid", "good.asc"),
+        ("old@test.invalid", "old.asc"),
+        ("past@test.invalid", "past.asc"),
+        ("rev@test.invalid", "rev.asc"),
+    ] {
+        fs::write(
+            dir.path().join(file),
+            gpg.run(&["--armor", "--export", uid], None),
+        )
+        .unwrap();
+    }
+    let cases: [(&str, Vec<u8>, &[&str]); 4] = [
+        (
+            "good.asc",
+            gpg.sign_with(&["good@test.invalid"], &["--digest-algo", "SHA1"], &sums),
+            &["bad signature", "SHA1", "too weak"],
+        ),
+        (
+            "past.asc",
+            gpg.sign_with(
+                &["past@test.invalid"],
+                &[
+                    "--default-sig-expire",
+                    "1d",
+                    "--faked-system-time",
+                    "20200101T000000!",
+                ],
+                &sums,
+            ),
+            &["bad signature", "expired on 2020-01-02"],
+        ),
+        (
+            "old.asc",
+            gpg.sign_with(&["old@test.invalid"], &past, &sums),
+            &[
+                "old.asc",
+                "not a usable OpenPGP public key",
+                "expired on 2020-01-02",
+            ],
+        ),
+        (
+            "rev.asc",
+            rev_sig,
+            &["rev.asc", "not a usable OpenPGP public key", "is revoked"],
+        ),
+    ];
+    for (key, sig, wants) in cases {
+        server.put("SHA256SUMS.gpg", sig);
+        fails(run(dir.path(), &["fetch", "--signing-key", key]), wants);
+        assert!(
+            server.requests_for(NAME).is_empty(),
+            "downloaded for {wants:?}"
+        );
+    }
+    server.put("SHA256SUMS.gpg", gpg.sign(&["good@test.invalid"], &sums));
+    ok(run(dir.path(), &["fetch", "--signing-key", "good.asc"]));
+}
+
+/// (5) A name listed twice in SHA256SUMS with different sums: an error, not "first wins".
+#[test]
+fn hole_05_a_name_listed_twice_with_different_sums_is_refused() {
+    let (server, xz) = serve_fixture();
+    server.put(
+        "SHA256SUMS",
+        format!("{} *{NAME}\n{} *{NAME}\n", sha256_hex(&xz), "1".repeat(64)).into_bytes(),
+    );
+    let dir = sums_profile(&server);
+    fails(
+        run(dir.path(), &["fetch", SKIP]),
+        &[
+            "SHA256SUMS",
+            "line 2",
+            NAME,
+            "listed again with a different sha256",
+        ],
+    );
+    assert!(server.requests_for(NAME).is_empty());
 }
 
 #[test]

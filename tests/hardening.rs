@@ -163,20 +163,15 @@ fn hole_12_the_next_run_sweeps_what_a_killed_run_left() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let xz = fixture_xz();
-    let args = [
-        "build",
-        "--node",
-        "pi1",
-        "--base",
-        s(&xz),
-        "--out",
-        s(&out),
-    ];
+    let args = ["build", "--node", "pi1", "--base", s(&xz), "--out", s(&out)];
     let mut child = spawn(&repo(), &args);
     wait_for(&out, |n| n.starts_with(".base.raw."));
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
-    assert!(!temps_under(&out).is_empty(), "the kill left nothing to sweep");
+    assert!(
+        !temps_under(&out).is_empty(),
+        "the kill left nothing to sweep"
+    );
     pi_image_ok(&repo(), &args);
     assert_eq!(names(&out), ["pi1.img"]);
 }
@@ -287,7 +282,10 @@ fn hole_06_a_newline_in_an_ssh_key_is_refused() {
     );
     let dir = project("ssh_keys = [\"k.pub\"]");
     fs::write(dir.path().join("k.pub"), format!("no-pty {key}\n")).unwrap();
-    refused(in_project(dir.path(), &["nodes"]), &["k.pub:1:1", "options"]);
+    refused(
+        in_project(dir.path(), &["nodes"]),
+        &["k.pub:1:1", "options"],
+    );
 }
 
 /// (6) Options are taken from the explicit `{ key, options }` form only, each checked.
@@ -299,13 +297,21 @@ fn hole_06_key_options_only_from_the_explicit_form() {
     ));
     let out = dir.path().join("out");
     let done = in_project(dir.path(), &["build", "--node", "pi1", "--out", s(&out)]);
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let user_data = boot_file(&out.join("pi1.img"), "user-data");
     assert_eq!(
         common::yaml_eval(&user_data, "d['ssh_authorized_keys']"),
         format!("['from=\"10.0.0.0/8\",no-pty {key}']")
     );
-    for bad in ["command=\\\"/bin/sh\\\\\\\"x\\\"", "from=10.0.0.0/8", "shell=\\\"x\\\""] {
+    for bad in [
+        "command=\\\"/bin/sh\\\\\\\"x\\\"",
+        "from=10.0.0.0/8",
+        "shell=\\\"x\\\"",
+    ] {
         let dir = project(&format!(
             "ssh_keys = [{{ key = \"{key}\", options = [\"{bad}\"] }}]"
         ));
@@ -386,7 +392,11 @@ fn hole_10_owner_minus_one_in_a_manifest_is_refused() {
         let o = dir.path().join("overlays/o");
         fs::create_dir_all(o.join("rootfs/etc")).unwrap();
         fs::write(o.join("rootfs/etc/x.conf"), "x\n").unwrap();
-        fs::write(o.join("rootfs.toml"), format!("[\"etc/x.conf\"]\nowner = \"{owner}\"\n")).unwrap();
+        fs::write(
+            o.join("rootfs.toml"),
+            format!("[\"etc/x.conf\"]\nowner = \"{owner}\"\n"),
+        )
+        .unwrap();
         let out = dir.path().join("out");
         refused(
             in_project(dir.path(), &["build", "--node", "pi1", "--out", s(&out)]),

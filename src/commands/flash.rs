@@ -140,7 +140,8 @@ impl NodeImages {
         cache_dir: &Path,
         epoch: i64,
     ) -> anyhow::Result<NodeImages> {
-        let (dir, registered) = tempfiles::create_dir_beside(&cache_dir.join("flash")).at(cache_dir)?;
+        let (dir, registered) =
+            tempfiles::create_dir_beside(&cache_dir.join("flash")).at(cache_dir)?;
         let mut this = NodeImages {
             dir,
             _registered: registered,

@@ -179,7 +179,12 @@ mod tests {
         out.file().write_all(b"image").unwrap();
         out.commit().unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
-        assert!(!fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
+        assert!(
+            !fs::symlink_metadata(&target)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(fs::read(&target).unwrap(), b"image");
     }
 }

@@ -79,13 +79,7 @@ pub fn random_hex() -> io::Result<String> {
     let mut got = 0;
     while got < bytes.len() {
         // SAFETY: getrandom writes at most the given length into the buffer we own.
-        let n = unsafe {
-            libc::getrandom(
-                bytes[got..].as_mut_ptr().cast(),
-                bytes.len() - got,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(bytes[got..].as_mut_ptr().cast(), bytes.len() - got, 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -185,7 +179,10 @@ pub fn pid_alive(pid: u32) -> bool {
 pub fn sweep_stale(dir: &Path) -> io::Result<usize> {
     {
         let mut swept = SWEPT.lock().unwrap_or_else(PoisonError::into_inner);
-        if !swept.get_or_insert_with(HashSet::new).insert(dir.to_owned()) {
+        if !swept
+            .get_or_insert_with(HashSet::new)
+            .insert(dir.to_owned())
+        {
             return Ok(0);
         }
     }
@@ -255,10 +252,20 @@ mod tests {
         let b = temp_beside(Path::new("out/pi1.img")).unwrap();
         assert_ne!(a, b);
         let name = a.file_name().unwrap().to_str().unwrap();
-        assert!(name.starts_with(".pi1.img.") && name.ends_with(".tmp"), "{name}");
+        assert!(
+            name.starts_with(".pi1.img.") && name.ends_with(".tmp"),
+            "{name}"
+        );
         assert_eq!(owner_pid(name), Some(std::process::id()));
         assert_eq!(owner_pid(".base.raw.123.tmp"), Some(123));
-        for other in ["pi1.img", ".pi1.img", "..123.tmp", ".x.12a.tmp", ".x.tmp", "x.1.tmp"] {
+        for other in [
+            "pi1.img",
+            ".pi1.img",
+            "..123.tmp",
+            ".x.12a.tmp",
+            ".x.tmp",
+            "x.1.tmp",
+        ] {
             assert_eq!(owner_pid(other), None, "{other}");
         }
     }
@@ -302,7 +309,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, [".l.99999999.tmp".to_string(), live, "pi1.img".into()]);
+        assert_eq!(
+            left,
+            [".l.99999999.tmp".to_string(), live, "pi1.img".into()]
+        );
         // Once per directory and process.
         fs::write(p.join(dead), b"x").unwrap();
         assert_eq!(sweep_stale(p).unwrap(), 0);

@@ -390,10 +390,7 @@ impl<'a> Fields<'a> {
             })?);
         }
         if out.is_empty() {
-            return Err(keys.err_at(
-                span,
-                format!("key file {} holds no keys", file.display()),
-            ));
+            return Err(keys.err_at(span, format!("key file {} holds no keys", file.display())));
         }
         Ok(out)
     }

@@ -206,15 +206,30 @@ mod tests {
         let found = |toml: &str| plain_password(&toml.parse::<toml::Table>().unwrap());
         for (text, path) in [
             ("password = \"hunter2\"", "password"),
-            ("chpasswd = { list = [\"ubuntu:hunter2\"] }", "chpasswd.list[0]"),
-            ("chpasswd = { list = \"ubuntu:RANDOM\" }", "chpasswd.list line 1"),
+            (
+                "chpasswd = { list = [\"ubuntu:hunter2\"] }",
+                "chpasswd.list[0]",
+            ),
+            (
+                "chpasswd = { list = \"ubuntu:RANDOM\" }",
+                "chpasswd.list line 1",
+            ),
             (
                 "chpasswd = { users = [{ name = \"u\", password = \"x\", type = \"text\" }] }",
                 "chpasswd.users[0]",
             ),
-            ("users = [{ name = \"u\", plain_text_passwd = \"x\" }]", "users[0].plain_text_passwd"),
-            ("users = [\"default\", { name = \"u\", passwd = \"x\" }]", "users[1].passwd"),
-            ("user = { name = \"u\", hashed_passwd = \"x\" }", "user.hashed_passwd"),
+            (
+                "users = [{ name = \"u\", plain_text_passwd = \"x\" }]",
+                "users[0].plain_text_passwd",
+            ),
+            (
+                "users = [\"default\", { name = \"u\", passwd = \"x\" }]",
+                "users[1].passwd",
+            ),
+            (
+                "user = { name = \"u\", hashed_passwd = \"x\" }",
+                "user.hashed_passwd",
+            ),
         ] {
             assert_eq!(found(text).as_deref(), Some(path), "{text}");
         }

@@ -125,7 +125,11 @@ pub fn parse(line: &str) -> Result<String, SshKeyError> {
     let blob = parts.next().unwrap_or("").trim();
     if !KNOWN_TYPES.contains(&kind) {
         // `opts TYPE BASE64`: options, spelled in the key itself.
-        if line.split_whitespace().skip(1).any(|w| KNOWN_TYPES.contains(&w)) {
+        if line
+            .split_whitespace()
+            .skip(1)
+            .any(|w| KNOWN_TYPES.contains(&w))
+        {
             return Err(SshKeyError::Options(kind.into()));
         }
         return Err(SshKeyError::UnknownType { kind: kind.into() });
@@ -230,7 +234,12 @@ mod tests {
 
     #[test]
     fn options_are_known_names_with_plain_quoted_values() {
-        for ok in ["no-pty", "restrict", "from=\"10.0.0.0/8,192.168.1.*\"", "command=\"uptime\""] {
+        for ok in [
+            "no-pty",
+            "restrict",
+            "from=\"10.0.0.0/8,192.168.1.*\"",
+            "command=\"uptime\"",
+        ] {
             assert_eq!(check_option(ok), Ok(()), "{ok}");
         }
         for bad in [
