@@ -339,7 +339,8 @@ fn fresh_fetch_then_cached() {
     let (server, xz) = serve_fixture();
     let dir = sums_profile(&server);
     let out = ok(run(dir.path(), &["fetch", SKIP]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("downloaded and verified"));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("downloaded; NOT verified"), "{said}");
     assert!(stderr(&out).contains("NOT checking the OpenPGP signature"));
     let img = assert_cached(dir.path(), &xz);
     // Sparse: the fixture is mostly zeros, so the cached image must have holes.
@@ -354,7 +355,9 @@ fn fresh_fetch_then_cached() {
     let list = ok(run(dir.path(), &["cache", "list"]));
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(
-        list.contains(&sha256_hex(&xz)) && list.contains(&server.url(NAME)),
+        list.contains(&sha256_hex(&xz))
+            && list.contains(&server.url(NAME))
+            && list.contains("UNSIGNED"),
         "{list}"
     );
     let clean = ok(run(dir.path(), &["cache", "clean"]));
@@ -636,7 +639,11 @@ fn offline_without_and_with_the_cache() {
     assert!(!dir.path().join("out/pi1.img").exists());
     ok(run(dir.path(), &["fetch", SKIP]));
     let before = server.log().len();
-    ok(run(dir.path(), &["build", "--node", "pi1", "--offline"]));
+    // Fetched without the signature checked: a build offline must give that up too (hole_01).
+    ok(run(
+        dir.path(),
+        &["build", "--node", "pi1", "--offline", SKIP],
+    ));
     assert_eq!(server.log().len(), before, "--offline touched the network");
     assert!(dir.path().join("out/pi1.img").is_file());
     assert_cached(dir.path(), &xz);
@@ -1035,6 +1042,134 @@ fn hole_05_weak_expired_and_revoked_signatures_are_refused() {
     }
     server.put("SHA256SUMS.gpg", gpg.sign(&["good@test.invalid"], &sums));
     ok(run(dir.path(), &["fetch", "--signing-key", "good.asc"]));
+}
+
+/// (1) An image fetched with --insecure-skip-signature is not trusted later by a run that
+/// checks signatures: offline it is refused, online its SHA256SUMS signature is checked (and
+/// the image kept, not downloaded again, once it passes). Nothing says "verified" before.
+#[test]
+fn hole_01_an_insecure_fetch_is_not_trusted_forever() {
+    let gpg = Gpg::new();
+    let good = gpg.key("Good <good@test.invalid>", "ed25519");
+    gpg.key("Other <other@test.invalid>", "ed25519");
+    let (server, xz) = serve_fixture();
+    let sums = server.state.lock().unwrap().files["/SHA256SUMS"].clone();
+    let dir = sums_profile(&server);
+    fs::write(dir.path().join("good.asc"), &good).unwrap();
+    server.put("SHA256SUMS.gpg", gpg.sign(&["other@test.invalid"], &sums));
+    let key = ["--signing-key", "good.asc"];
+
+    let out = ok(run(dir.path(), &["fetch", SKIP]));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("NOT verified") && !said.contains("; verified"),
+        "{said}"
+    );
+    assert_cached(dir.path(), &xz);
+    let downloads = server.requests_for(NAME).len();
+
+    let mut args = vec!["build", "--node", "pi1", "--offline", "--out", "out"];
+    args.extend(key);
+    fails(
+        run(dir.path(), &args),
+        &[
+            "NOT verified",
+            "requires",
+            "signed by key",
+            "without --offline",
+        ],
+    );
+    assert!(!dir.path().join("out/pi1.img").exists());
+    fails(
+        run(dir.path(), &["fetch", key[0], key[1]]),
+        &["bad signature"],
+    );
+
+    server.put("SHA256SUMS.gpg", gpg.sign(&["good@test.invalid"], &sums));
+    let out = ok(run(dir.path(), &["fetch", key[0], key[1]]));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("already cached; verified:"), "{said}");
+    assert_eq!(
+        server.requests_for(NAME).len(),
+        downloads,
+        "downloaded again"
+    );
+    let list = ok(run(dir.path(), &["cache", "list"]));
+    assert!(String::from_utf8_lossy(&list.stdout).contains("signed "));
+    ok(run(dir.path(), &args));
+}
+
+/// (2) A small compressed file that expands into a lot of data, with a wrong pinned sha256,
+/// is stopped early (not decompressed whole and then found wrong), naming the bound; a
+/// `base_size` the server's answer contradicts stops the download before it starts.
+#[test]
+fn hole_02_unverified_bytes_are_decompressed_only_within_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bomb_path = tmp.path().join("bomb.xz");
+    // 300 MiB of 0x01 bytes (not zeros, which would become holes): a few KiB as xz.
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 314572800 /dev/zero | tr '\\0' '\\1' | xz -1 -T1 > '{}'",
+            bomb_path.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bomb = fs::read(&bomb_path).unwrap();
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let server = Server::start();
+    server.put(NAME, bomb.clone());
+    let dir = setup(
+        &format!("base_sha256 = \"{}\"", "1".repeat(64)),
+        &server.url(NAME),
+    );
+    let err = fails(
+        run(dir.path(), &["fetch"]),
+        &[
+            &server.url(NAME),
+            "stopped at byte",
+            "decompression bomb",
+            "deleted",
+        ],
+    );
+    let at: u64 = err
+        .split("stopped at byte ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(at < 100 << 20, "stopped only at byte {at}: {err}");
+    assert!(
+        cache_files(dir.path()).is_empty(),
+        "{:?}",
+        cache_files(dir.path())
+    );
+
+    // base_size contradicting the server's Content-Length: nothing downloaded.
+    let (server, xz) = serve_fixture();
+    let dir = setup(
+        &format!(
+            "base_sha256 = \"{}\"\nbase_size = {}",
+            sha256_hex(&xz),
+            xz.len() - 1
+        ),
+        &server.url(NAME),
+    );
+    fails(
+        run(dir.path(), &["fetch"]),
+        &["announces", "base_size", "not downloaded"],
+    );
+    assert!(cache_files(dir.path()).is_empty());
+    let dir = setup(
+        &format!(
+            "base_sha256 = \"{}\"\nbase_size = {}",
+            sha256_hex(&xz),
+            xz.len()
+        ),
+        &server.url(NAME),
+    );
+    ok(run(dir.path(), &["fetch"]));
 }
 
 /// (5) A name listed twice in SHA256SUMS with different sums: an error, not "first wins".

@@ -65,12 +65,78 @@ pub struct Metadata {
     pub raw_sha256: String,
     /// Size of the raw image in bytes.
     pub raw_size: u64,
-    /// What the sha256 was verified against: `pinned` or the `SHA256SUMS` URL.
-    pub verified_by: String,
+    /// How the sha256 of the download was established; `None` for images cached by a
+    /// pi-image that did not record it (treated as unverified).
+    #[serde(default)]
+    pub verification: Option<Verification>,
+    /// What older versions wrote instead of `verification` (a URL or `pinned`); read so their
+    /// entries still list, never trusted.
+    #[serde(default, skip_serializing)]
+    pub verified_by: Option<String>,
     /// When it was fetched (RFC 3339, UTC).
     pub fetched_at: String,
     /// When a build last used it (RFC 3339, UTC).
     pub last_used: String,
+}
+
+/// How a download's sha256 was established, strongest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Verification {
+    /// Equal to the `base_sha256` pinned in the profile.
+    PinnedSha256,
+    /// Equal to its line in a `SHA256SUMS` whose OpenPGP signature by this key was checked.
+    SignedSha256sums {
+        /// The `SHA256SUMS` URL.
+        sums_url: String,
+        /// The primary key fingerprint of the trusted key, uppercase hex.
+        key_fingerprint: String,
+    },
+    /// Equal to its line in a `SHA256SUMS` whose signature was NOT checked
+    /// (`--insecure-skip-signature`): anyone on the network path could have chosen both.
+    UnsignedSha256sums {
+        /// The `SHA256SUMS` URL.
+        sums_url: String,
+    },
+}
+
+impl Verification {
+    /// Whether this is a real verification (not an unsigned checksum file).
+    pub fn is_verified(&self) -> bool {
+        !matches!(self, Verification::UnsignedSha256sums { .. })
+    }
+
+    /// A few words for tables: `pinned`, `signed <last 16 hex digits of the key>`, `UNSIGNED`.
+    pub fn short(v: Option<&Verification>) -> String {
+        match v {
+            Some(Verification::PinnedSha256) => "pinned".into(),
+            Some(Verification::SignedSha256sums {
+                key_fingerprint, ..
+            }) => format!(
+                "signed {}",
+                &key_fingerprint[key_fingerprint.len().saturating_sub(16)..]
+            ),
+            Some(Verification::UnsignedSha256sums { .. }) => "UNSIGNED".into(),
+            None => "unknown".into(),
+        }
+    }
+}
+
+/// One sentence on how an image was verified, saying "NOT verified" when it was not.
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verification::PinnedSha256 => f.write_str("verified: sha256 pinned in the profile"),
+            Verification::SignedSha256sums {
+                sums_url,
+                key_fingerprint,
+            } => write!(f, "verified: {sums_url} signed by key {key_fingerprint}"),
+            Verification::UnsignedSha256sums { sums_url } => write!(
+                f,
+                "NOT verified: sha256 from {sums_url}, whose signature was not checked (--insecure-skip-signature)"
+            ),
+        }
+    }
 }
 
 /// One complete, verified cached image.
@@ -267,6 +333,16 @@ impl Cache {
         Ok(Entry { image: path, meta })
     }
 
+    /// Record a stronger verification of `entry` (its SHA256SUMS signature, checked now).
+    pub fn reverified(
+        &self,
+        entry: &mut Entry,
+        verification: Verification,
+    ) -> Result<(), CacheError> {
+        entry.meta.verification = Some(verification);
+        self.write_meta(&entry.meta)
+    }
+
     /// Record that a build used `entry` now.
     pub fn touch(&self, entry: &mut Entry) -> Result<(), CacheError> {
         entry.meta.last_used = now_rfc3339();
@@ -324,19 +400,20 @@ impl Cache {
 }
 
 /// `cache list` output: one line per image with release, raw size, sha256 (the cache key),
-/// last use and source URL.
+/// how it was verified, last use and source URL.
 pub fn list_table(entries: &[Entry]) -> String {
     let mut out = format!(
-        "{:<16} {:>9}  {:<64}  {:<20}  {}\n",
-        "release", "raw MiB", "sha256", "last used", "source"
+        "{:<16} {:>9}  {:<64}  {:<23}  {:<20}  {}\n",
+        "release", "raw MiB", "sha256", "verification", "last used", "source"
     );
     for e in entries {
         let m = &e.meta;
         out.push_str(&format!(
-            "{:<16} {:>9}  {:<64}  {:<20}  {}\n",
+            "{:<16} {:>9}  {:<64}  {:<23}  {:<20}  {}\n",
             m.release.as_deref().unwrap_or("-"),
             m.raw_size >> 20,
             m.compressed_sha256,
+            Verification::short(m.verification.as_ref()),
             m.last_used,
             m.source_url
         ));
@@ -370,7 +447,8 @@ mod tests {
             compressed_size: 3,
             raw_sha256: sha.into(),
             raw_size: 5,
-            verified_by: "pinned".into(),
+            verification: Some(Verification::PinnedSha256),
+            verified_by: None,
             fetched_at: at.into(),
             last_used: at.into(),
         }

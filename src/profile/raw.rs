@@ -24,6 +24,7 @@ pub(super) struct RawCluster {
     pub(super) name: Spanned<String>,
     pub(super) base: Spanned<String>,
     pub(super) base_sha256: Option<Spanned<String>>,
+    pub(super) base_size: Option<Spanned<u64>>,
     pub(super) base_sha256sums: Option<Spanned<String>>,
     pub(super) base_signing_key: Option<Spanned<String>>,
     pub(super) overlays_dir: Option<Spanned<String>>,
