@@ -404,3 +404,163 @@ fn hole_10_owner_minus_one_in_a_manifest_is_refused() {
         );
     }
 }
+
+/// The sha256 of what `xz -dc` makes of `file`, by xz and sha256sum.
+fn xz_raw_sha256(file: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("xz -dc '{}' | sha256sum", file.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `extract_sha256` of `url` in an os_list.json, read by python3's json.
+fn extract_sha256(os_list: &Path, url: &str) -> String {
+    let script = format!(
+        "import json,sys\nfor e in json.load(open(sys.argv[1]))['os_list']:\n    if e['url'] == '{url}': print(e['extract_sha256'])"
+    );
+    let (ok, out, err) = run("python3", &["-c", &script, s(os_list)]);
+    assert!(ok, "{err}");
+    out.trim().to_string()
+}
+
+/// (3) A chunk file replaced in the store (here by another valid chunk) is found, compressed
+/// again with a warning, and the artifact decompresses to its published sha256.
+#[test]
+fn hole_03_a_replaced_chunk_is_not_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let build = |out: &str| {
+        let out = tmp.path().join(out);
+        let done = pi_image_ok(
+            &repo(),
+            &[
+                "--cache-dir",
+                s(&cache),
+                "build",
+                "--node",
+                "pi1",
+                "--compress",
+                "xz",
+                "--level",
+                "1",
+                "--base",
+                s(&fixture_xz()),
+                "--out",
+                s(&out),
+            ],
+        );
+        (out, String::from_utf8_lossy(&done.stderr).into_owned())
+    };
+    let (first, _) = build("d1");
+    let store = cache.join("chunks/xz-1");
+    let mut chunks: Vec<PathBuf> = fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    chunks.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let (small, large) = (&chunks[0], &chunks[chunks.len() - 1]);
+    assert_ne!(sha256(small), sha256(large));
+    fs::copy(large, small).unwrap();
+    let (second, warnings) = build("d2");
+    assert!(
+        warnings.contains("compressing it again") && warnings.contains(s(small)),
+        "{warnings}"
+    );
+    for out in [&first, &second] {
+        let published = extract_sha256(&out.join("os_list.json"), "pi1.img.xz");
+        assert_eq!(xz_raw_sha256(&out.join("pi1.img.xz")), published);
+    }
+    assert_eq!(
+        sha256(&first.join("pi1.img.xz")),
+        sha256(&second.join("pi1.img.xz"))
+    );
+}
+
+/// (13) A release run that fails at its second node leaves a directory that still checks: the
+/// first node's new files are listed with their new sums.
+#[test]
+fn hole_13_a_failed_release_run_leaves_dist_checking() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let big = d.join("overlays/big/rootfs/var");
+    fs::create_dir_all(&big).unwrap();
+    let write_profile = |pi1: &str, pi2: &str| {
+        fs::write(
+            d.join("profile.toml"),
+            format!(
+                "[cluster]\nname = \"t\"\nbase = \"{}\"\noverlays_dir = \"overlays\"\n\n\
+                 [[nodes]]\nname = \"pi1\"\n{pi1}\n\n[[nodes]]\nname = \"pi2\"\n{pi2}\n",
+                fixture_xz().display()
+            ),
+        )
+        .unwrap();
+    };
+    let release = |d: &Path| {
+        in_project(
+            d,
+            &[
+                "--cache-dir",
+                "cache",
+                "build",
+                "--all",
+                "--compress",
+                "xz",
+                "--level",
+                "1",
+                "--out",
+                "dist",
+            ],
+        )
+    };
+    let check = |d: &Path| {
+        let out = Command::new("sha256sum")
+            .args(["-c", "SHA256SUMS"])
+            .current_dir(d.join("dist"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for name in ["pi1.img.xz", "pi2.img.xz"] {
+            let published = extract_sha256(&d.join("dist/os_list.json"), name);
+            assert_eq!(
+                xz_raw_sha256(&d.join("dist").join(name)),
+                published,
+                "{name}"
+            );
+        }
+    };
+    write_profile("", "");
+    let done = release(d);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    check(d);
+    let before = sha256(&d.join("dist/pi1.img.xz"));
+    // pi1 changes; pi2 now fails (an overlay that cannot fit) after pi1 was written.
+    fs::File::create(big.join("huge"))
+        .unwrap()
+        .set_len(8 << 30)
+        .unwrap();
+    write_profile("cmdline = [\"loglevel=3\"]", "overlays = [\"big\"]");
+    refused(release(d), &["node pi2", "bytes missing"]);
+    assert_ne!(
+        sha256(&d.join("dist/pi1.img.xz")),
+        before,
+        "pi1 was not rebuilt"
+    );
+    check(d);
+    assert!(temps_under(&d.join("dist")).is_empty());
+}
