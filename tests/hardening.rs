@@ -564,3 +564,42 @@ fn hole_13_a_failed_release_run_leaves_dist_checking() {
     check(d);
     assert!(temps_under(&d.join("dist")).is_empty());
 }
+
+/// (4) One range of a `.bmap` without a checksum does not switch off the others: a byte
+/// changed in another range is still found (and the unchecked ranges are counted).
+#[test]
+fn hole_04_a_range_without_checksum_does_not_disable_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("x.img");
+    fs::copy(common::demo_images().join("pi1.img"), &img).unwrap();
+    pi_image_ok(&repo(), &["bmap", s(&img)]);
+    let bmap = tmp.path().join("x.img.bmap");
+    // Drop the first range's checksum and fix the file's own checksum, as an editor would.
+    let script = r#"
+import hashlib, re, sys
+p = sys.argv[1]
+t = open(p).read()
+t = re.sub(r'<Range chksum="[0-9a-f]+">', '<Range>', t, count=1)
+old = re.search(r'<BmapFileChecksum> ([0-9a-f]{64}) </BmapFileChecksum>', t).group(1)
+t = t.replace(old, '0' * 64, 1)
+t = t.replace('0' * 64, hashlib.sha256(t.encode()).hexdigest(), 1)
+open(p, 'w').write(t)
+"#;
+    let (ok, _, err) = run("python3", &["-c", script, s(&bmap)]);
+    assert!(ok, "{err}");
+    // Change a byte of the root filesystem's superblock (in a later range).
+    let offset = common::sfdisk_partitions(&img)[1].0 + 1024 + 100;
+    let mut data = fs::read(&img).unwrap();
+    data[offset as usize] ^= 1;
+    fs::write(&img, &data).unwrap();
+    drop(data);
+    let target = tmp.path().join("card.img");
+    refused(
+        pi_image(&repo(), &["flash", s(&img), s(&target), "--to-file"]),
+        &[
+            "1 of",
+            "ranges have no checksum",
+            "do not match their sha256 checksum",
+        ],
+    );
+}
