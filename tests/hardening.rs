@@ -603,3 +603,95 @@ open(p, 'w').write(t)
         ],
     );
 }
+
+/// Run `pi-image args` in the repository, killing it after 60 s: (finished in time, output).
+fn within_60s(args: &[&str]) -> (bool, std::process::Output) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pi-image"))
+        .args(args)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            return (false, child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (true, child.wait_with_output().unwrap())
+}
+
+/// (14) config.txt files that include the next one twice, forty deep: `inspect` would read
+/// 2^40 files; it stops at the bounds and says so.
+#[test]
+fn hole_14_doubling_include_chains_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("x.img");
+    fs::copy(common::demo_images().join("pi1.img"), &img).unwrap();
+    let start = common::sfdisk_partitions(&img)[0].0;
+    let target = format!("{}@@{start}", s(&img));
+    let put = |name: &str, text: String| {
+        let file = tmp.path().join(name);
+        fs::write(&file, text).unwrap();
+        let (ok, _, err) = run(
+            "mcopy",
+            &["-o", "-i", &target, s(&file), &format!("::{name}")],
+        );
+        assert!(ok, "mcopy {name}: {err}");
+    };
+    for i in 0..40 {
+        put(
+            &format!("f{i}.txt"),
+            format!("k{i}=1\ninclude f{0}.txt\ninclude f{0}.txt\n", i + 1),
+        );
+    }
+    put("config.txt".into(), "include f0.txt\n".into());
+    let (in_time, out) = within_60s(&["inspect", s(&img)]);
+    assert!(in_time, "inspect did not finish within 60 s");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("more than 16 files deep") && text.contains("includes in all"),
+        "{text}"
+    );
+}
+
+/// (14) A GPT entry whose start + length overflows: a clear error, not "Invalid argument" or a
+/// panic.
+#[test]
+fn hole_14_a_gpt_entry_past_the_largest_offset_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("gpt.img");
+    fs::copy(common::demo_images().join("gpt/pi3.img"), &img).unwrap();
+    // Entry 1 from LBA 2^54 to 2^55: both fit, their byte sum does not. CRCs recomputed.
+    let script = r#"
+import struct, sys, zlib
+f = open(sys.argv[1], 'r+b')
+f.seek(512); h = bytearray(f.read(512))
+size, = struct.unpack_from('<I', h, 12)
+lba, n, esz = struct.unpack_from('<QII', h, 72)
+f.seek(lba * 512); e = bytearray(f.read(n * esz))
+struct.pack_into('<QQ', e, 32, 1 << 54, 1 << 55)
+struct.pack_into('<I', h, 88, zlib.crc32(bytes(e)))
+struct.pack_into('<I', h, 16, 0)
+struct.pack_into('<I', h, 16, zlib.crc32(bytes(h[:size])))
+f.seek(lba * 512); f.write(e)
+f.seek(512); f.write(h)
+"#;
+    let (ok, _, err) = run("python3", &["-c", script, s(&img)]);
+    assert!(ok, "{err}");
+    let out = pi_image(&repo(), &["inspect", s(&img)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("partition 1") && err.contains("past the largest possible offset"),
+        "{err}"
+    );
+}
