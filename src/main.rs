@@ -9,6 +9,11 @@ use pi_image::cli::{Cli, Command};
 use pi_image::commands;
 
 fn main() -> ExitCode {
+    // First, before any thread exists: every thread inherits the blocked signals.
+    if let Err(e) = pi_image::io::signal::install() {
+        eprintln!("pi-image: error: cannot handle SIGINT/SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
     let Cli { global, command } = Cli::parse();
     let result = match command {
         Command::Build(args) => commands::build(&global, args),

@@ -70,6 +70,13 @@ pub(super) fn build(
         base: base.name.clone(),
         source,
     })?;
+    let generated = node_plan
+        .boot_files
+        .keys()
+        .map(String::as_str)
+        .chain(node_plan.decompress_kernel.then_some("vmlinux"))
+        .chain(inputs.eeprom.iter().flat_map(|_| eeprom::UPDATE_FILES));
+    overlay::check_not_generated(&inputs.overlays.boot, generated)?;
     let target = opts.out_dir.join(format!("{}.img", node.name));
     let mut out = PendingOutput::create(&target)?;
     let temp = out.temp_path().to_owned();

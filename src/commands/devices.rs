@@ -10,7 +10,13 @@ use crate::flash::devices::{self, Disk, SysRoot};
 /// Print the disks with what the safety rules need to know about them, as a table or
 /// (`--json`) as one JSON document.
 pub fn devices(args: DevicesArgs) -> anyhow::Result<()> {
-    let disks = devices::list(&SysRoot::new(args.sys.sys_root))?;
+    let root = SysRoot::new(args.sys.sys_root);
+    if root.is_fake() {
+        eprintln!(
+            "pi-image: warning: PI_IMAGE_SYSROOT is set: the disks below are what a test tree describes, not this machine's"
+        );
+    }
+    let disks = devices::list(&root)?;
     if args.out.json {
         return super::print_json(&DevicesJson {
             devices: disks.iter().map(DiskJson::of).collect(),

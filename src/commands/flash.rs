@@ -161,6 +161,16 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
     let mut abouts = Vec::new();
     for (image, devs, about) in pairs {
         let mut source = Source::open(&image)?;
+        if let (Some(map), Some(bmap)) = (&source.map, &source.bmap_path) {
+            let total = map.ranges.len();
+            let unchecked = map.checksums.as_ref().map_or(total, |c| c.missing());
+            if unchecked > 0 && !args.no_verify {
+                eprintln!(
+                    "pi-image: warning: {}: {unchecked} of {total} ranges have no checksum; those are not checked against it",
+                    bmap.display()
+                );
+            }
+        }
         if source.map.is_none() && !args.to_file {
             eprintln!(
                 "pi-image: no .bmap beside {}: reading it once to learn its size, then writing every block (`pi-image bmap` on the raw image avoids both)",

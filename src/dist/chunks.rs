@@ -9,19 +9,27 @@
 //!
 //! Output never depends on the number of threads: each chunk is compressed single-threaded with
 //! fixed settings, and the file is assembled in chunk order.
+//!
+//! The store is a cache on disk, so a chunk in it is not trusted: the first time a run reuses a
+//! chunk, it is decompressed and its raw sha256 (its file name) checked; a chunk that fails is
+//! compressed again, with a warning. The sha256 of every chunk's compressed bytes, as compressed
+//! or checked, is kept for the run, and each chunk is hashed again as it is copied into an
+//! artifact, so an artifact always decompresses to the raw image whose sha256 it is published
+//! with, even if a chunk file is replaced while the run uses it.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
 use crate::base::cache::Cleaned;
-use crate::image::{ImageError, PendingOutput};
-use crate::io::{AtPath, FileRange, PathError, hex, sha256_hex};
+use crate::image::{Format, ImageError, PendingOutput};
+use crate::io::{AtPath, FileRange, PathError, hex, sha256_hex, tempfiles};
 
 /// Raw bytes per chunk: 32 MiB. Four times xz -6's 8 MiB dictionary, so a chunk boundary costs
 /// little ratio (the size grows well under 2 % against one stream), while a node's few edits
@@ -54,6 +62,15 @@ pub enum ChunkError {
     /// A chunk file could not be written or moved into place.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A chunk file changed between being checked and being copied into the artifact.
+    #[error(
+        "{}: changed while this run was using it (another process writing the chunk store?); nothing was published",
+        chunk.display()
+    )]
+    Changed {
+        /// The chunk file.
+        chunk: PathBuf,
+    },
 }
 
 /// A compression format for release artifacts.
@@ -189,10 +206,13 @@ impl Compression {
 /// Compressed chunks on disk: `<cache>/chunks/<codec>-<level>/<sha256 of the raw chunk>.<ext>`.
 /// Each file is written to a temp file, fsynced and renamed, so a chunk under its final name is
 /// always complete; two runs writing the same chunk write the same bytes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ChunkStore {
     dir: PathBuf,
     compression: Compression,
+    /// Chunks this run compressed or checked: raw sha256 (the key) → sha256 of the compressed
+    /// file as it was then.
+    trusted: Mutex<HashMap<String, String>>,
 }
 
 impl ChunkStore {
@@ -204,7 +224,12 @@ impl ChunkStore {
             compression.level
         ));
         fs::create_dir_all(&dir).at(&dir)?;
-        Ok(ChunkStore { dir, compression })
+        tempfiles::sweep_stale(&dir).at(&dir)?;
+        Ok(ChunkStore {
+            dir,
+            compression,
+            trusted: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The compression of every chunk in this store.
@@ -231,14 +256,14 @@ impl ChunkStore {
             if !dir.is_dir() {
                 continue;
             }
+            cleaned.remove_temps(&dir)?;
             for chunk in fs::read_dir(&dir).at(&dir)? {
                 let path = chunk.at(&dir)?.path();
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let ours = [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e))
-                    || (name.starts_with('.') && name.ends_with(".tmp"));
+                let ours = [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e));
                 if ours && path.is_file() {
                     cleaned.remove(&path)?;
                 }
@@ -250,6 +275,58 @@ impl ChunkStore {
     fn path(&self, key: &str) -> PathBuf {
         self.dir
             .join(format!("{key}.{}", self.compression.codec.extension()))
+    }
+
+    fn trusted(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.trusted.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The compressed sha256 of chunk `key` if this run compressed or checked it.
+    fn trusted_sha(&self, key: &str) -> Option<String> {
+        self.trusted().get(key).cloned()
+    }
+
+    /// Check a stored chunk not yet trusted in this run: it must decompress to exactly
+    /// `raw_len` bytes whose sha256 is `key`. Returns whether it does (and trusts it then).
+    fn check(&self, key: &str, raw_len: u64) -> Result<bool, ChunkError> {
+        let path = self.path(key);
+        let file = File::open(&path).at(&path)?;
+        // A compressed chunk is never much larger than its raw bytes; a larger file is bad.
+        let limit = raw_len + raw_len / 8 + (1 << 20);
+        let mut compressed = Vec::new();
+        (&file)
+            .take(limit + 1)
+            .read_to_end(&mut compressed)
+            .at(&path)?;
+        if compressed.len() as u64 > limit {
+            return Ok(false);
+        }
+        let format = match self.compression.codec {
+            Codec::Xz => Format::Xz,
+            Codec::Zstd => Format::Zstd,
+            Codec::Gzip => Format::Gzip,
+        };
+        let compressed_sha = hex(&Sha256::digest(&compressed));
+        let mut decoded =
+            crate::image::decoder(format, io::Cursor::new(compressed)).take(raw_len + 1);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; BUF];
+        let mut len = 0u64;
+        loop {
+            match decoded.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    len += n as u64;
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+        if len != raw_len || hex(&hasher.finalize()) != key {
+            return Ok(false);
+        }
+        self.trusted().insert(key.to_string(), compressed_sha);
+        Ok(true)
     }
 }
 
@@ -274,14 +351,14 @@ pub struct Compressed {
     pub reused: usize,
 }
 
-/// Compress the raw image `raw` into `out` (renamed into place only when complete) with the chunks
-/// of `store`, compressing missing chunks on `jobs` threads.
+/// Compress the raw image `raw` for `out` with the chunks of `store`, compressing missing chunks
+/// on `jobs` threads. The file is left in its temp file beside `out`: commit it to publish it.
 pub fn compress_image(
     raw: &Path,
     out: &Path,
     store: &ChunkStore,
     jobs: usize,
-) -> Result<Compressed, ChunkError> {
+) -> Result<(Compressed, PendingOutput), ChunkError> {
     let jobs = jobs.max(1);
     let file = File::open(raw).at(raw)?;
     let raw_size = file.metadata().at(raw)?.len();
@@ -298,29 +375,63 @@ pub fn compress_image(
     };
     let (raw_sha256, keys) = hash_chunks(&file, raw, raw_size, &chunks, jobs)?;
 
-    // Each missing key once, at its first chunk; positions whose key is cached are reused.
-    let mut missing: Vec<(usize, &str)> = Vec::new();
-    let mut reused = 0;
+    // Each key once, at its first chunk: stored chunks not yet checked in this run are checked
+    // (a bad one is compressed again), missing ones compressed, on `jobs` threads.
+    let mut work: Vec<(usize, &str)> = Vec::new();
     for (i, key) in keys.iter().enumerate() {
-        if store.path(key).is_file() {
-            reused += 1;
-        } else if !missing.iter().any(|(_, k)| k == key) {
-            missing.push((i, key));
+        if !work.iter().any(|(_, k)| k == key) {
+            work.push((i, key));
         }
     }
-    compress_missing(&file, raw, &chunks, &missing, store, jobs)?;
+    let stored: HashSet<&str> = work
+        .iter()
+        .map(|&(_, k)| k)
+        .filter(|k| store.path(k).is_file())
+        .collect();
+    let compressed: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    run_parallel(&work, jobs, raw, |i, key| {
+        let (start, len) = chunks[i];
+        if store.trusted_sha(key).is_some() {
+            return Ok(());
+        }
+        let chunk = store.path(key);
+        if chunk.is_file() {
+            if store.check(key, len)? {
+                return Ok(());
+            }
+            eprintln!(
+                "pi-image: warning: {}: does not decompress to the {len} bytes whose sha256 it is named by (corrupt or replaced); compressing it again",
+                chunk.display()
+            );
+        }
+        compress_chunk(&file, raw, start, len, store, key)?;
+        compressed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_string());
+        Ok(())
+    })?;
+    let compressed = compressed
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    // Positions whose chunk came from the store as it was.
+    let reused = keys
+        .iter()
+        .filter(|k| stored.contains(k.as_str()) && !compressed.contains(*k))
+        .count();
 
-    let (size, sha256) = assemble(&keys, store, out)?;
-    Ok(Compressed {
+    let (pending, size, sha256) = assemble(&keys, store, out)?;
+    let done = Compressed {
         path: out.to_owned(),
         size,
         sha256,
         raw_size,
         raw_sha256,
         chunks: chunks.len(),
-        compressed: missing.len(),
+        compressed: compressed.len(),
         reused,
-    })
+    };
+    Ok((done, pending))
 }
 
 /// The sha256 of the whole image and of each chunk. One thread hashes the whole image while the
@@ -379,28 +490,24 @@ fn hash_chunks(
     Ok((whole, keys))
 }
 
-/// Compress the chunks at `missing` (index, key) into the store on `jobs` threads.
-fn compress_missing(
-    file: &File,
-    path: &Path,
-    chunks: &[(u64, u64)],
-    missing: &[(usize, &str)],
-    store: &ChunkStore,
+/// Run `each` on every (index, key) of `work` on `jobs` threads, stopping at the first error.
+fn run_parallel(
+    work: &[(usize, &str)],
     jobs: usize,
+    path: &Path,
+    each: impl Fn(usize, &str) -> Result<(), ChunkError> + Sync,
 ) -> Result<(), ChunkError> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..jobs.min(missing.len()))
+        let workers: Vec<_> = (0..jobs.min(work.len()))
             .map(|_| {
                 s.spawn(|| -> Result<(), ChunkError> {
                     while !failed.load(Ordering::Relaxed) {
-                        let Some(&(i, key)) = missing.get(next.fetch_add(1, Ordering::Relaxed))
-                        else {
+                        let Some(&(i, key)) = work.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             return Ok(());
                         };
-                        let (start, len) = chunks[i];
-                        compress_chunk(file, path, start, len, store, key).inspect_err(|_| {
+                        each(i, key).inspect_err(|_| {
                             failed.store(true, Ordering::Relaxed);
                         })?;
                     }
@@ -427,25 +534,54 @@ fn compress_chunk(
     let mut out = PendingOutput::create(&store.path(key))?;
     let temp = out.temp_path().to_owned();
     let mut src = BufReader::with_capacity(BUF, FileRange::new(file, start, len));
-    let mut dst = BufWriter::with_capacity(BUF, out.file());
-    store
-        .compression
-        .encode(&mut src, len, &mut dst)
-        .and_then(|()| dst.flush())
-        .map_err(|source| ChunkError::Compress {
-            image: path.to_owned(),
-            start,
-            end: start + len,
-            chunk: temp,
-            source,
-        })?;
-    drop(dst);
+    let compressed_sha = {
+        let mut dst = HashingWriter {
+            inner: BufWriter::with_capacity(BUF, out.file()),
+            hasher: Sha256::new(),
+        };
+        store
+            .compression
+            .encode(&mut src, len, &mut dst)
+            .and_then(|()| dst.inner.flush())
+            .map_err(|source| ChunkError::Compress {
+                image: path.to_owned(),
+                start,
+                end: start + len,
+                chunk: temp,
+                source,
+            })?;
+        hex(&dst.hasher.finalize())
+    };
     out.commit()?;
+    store.trusted().insert(key.to_string(), compressed_sha);
     Ok(())
 }
 
-/// Concatenate the chunks named by `keys` into `out`; returns its size and sha256.
-fn assemble(keys: &[String], store: &ChunkStore, out: &Path) -> Result<(u64, String), ChunkError> {
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Concatenate the chunks named by `keys` into a temp file for `out`; returns it, its size and
+/// its sha256.
+fn assemble(
+    keys: &[String],
+    store: &ChunkStore,
+    out: &Path,
+) -> Result<(PendingOutput, u64, String), ChunkError> {
     let mut pending = PendingOutput::create(out)?;
     let temp = pending.temp_path().to_owned();
     let mut hasher = Sha256::new();
@@ -455,20 +591,24 @@ fn assemble(keys: &[String], store: &ChunkStore, out: &Path) -> Result<(u64, Str
     for key in keys {
         let path = store.path(key);
         let mut chunk = File::open(&path).at(&path)?;
+        let mut chunk_hasher = Sha256::new();
         loop {
             let n = chunk.read(&mut buf).at(&path)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
+            chunk_hasher.update(&buf[..n]);
             dst.write_all(&buf[..n]).at(&temp)?;
             size += n as u64;
+        }
+        if store.trusted_sha(key) != Some(hex(&chunk_hasher.finalize())) {
+            return Err(ChunkError::Changed { chunk: path });
         }
     }
     dst.flush().at(&temp)?;
     drop(dst);
-    pending.commit()?;
-    Ok((size, hex(&hasher.finalize())))
+    Ok((pending, size, hex(&hasher.finalize())))
 }
 
 #[cfg(test)]
@@ -512,12 +652,13 @@ mod tests {
             )
             .unwrap();
             let out = dir.path().join("out.img.x");
-            let first = compress_image(&path, &out, &store, 2).unwrap();
+            let (first, file) = compress_image(&path, &out, &store, 2).unwrap();
+            file.commit().unwrap();
             assert_eq!((first.chunks, first.compressed, first.reused), (4, 3, 0));
             let bytes = fs::read(&out).unwrap();
             assert_eq!(first.size, bytes.len() as u64);
             assert!(decode(codec, &bytes) == raw, "{codec:?} round trip");
-            let again = compress_image(&path, &out, &store, 1).unwrap();
+            let (again, _) = compress_image(&path, &out, &store, 1).unwrap();
             assert_eq!((again.compressed, again.reused), (0, 4));
             assert_eq!(again.sha256, first.sha256);
         }

@@ -5,14 +5,15 @@
 //!
 //! Each node's raw image is built in a temp file beside its final name, compressed through the
 //! [`chunked`](crate::dist::chunks) chunk store and removed: the raw images do not stay in the output
-//! directory. The index files are rewritten after every run and keep the entries of artifacts
-//! built by earlier runs (other shards) whose files are still in the directory, so shards run one
-//! after another into one directory end with a complete index.
+//! directory. The index files are rewritten with every node's files and keep the entries of
+//! artifacts built by earlier runs (other shards) whose files are still in the directory, so
+//! shards run one after another into one directory end with a complete index, and a run that
+//! fails or is killed leaves a directory that still checks.
 
 pub mod chunks;
 pub mod index;
 
-pub use self::index::{OS_LIST, OsEntry, SHA256SUMS, write_index};
+pub use self::index::{Index, OS_LIST, OsEntry, SHA256SUMS};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -23,7 +24,7 @@ use self::chunks::{ChunkError, ChunkStore, Compressed};
 use crate::build::{self, BuildError, BuildOptions};
 use crate::image::blockmap::BlockMap;
 use crate::image::blockmap::BlockMapError;
-use crate::image::bmap;
+use crate::image::{PendingOutput, bmap};
 use crate::io::PathError;
 use crate::io::calendar::UtcDateTime;
 use crate::plan::release::Release;
@@ -124,8 +125,10 @@ pub struct Artifact {
 }
 
 /// Build `nodes` of `profile` and compress each into `<out>/<node>.img.<ext>` with the chunks of
-/// `store` (missing ones compressed on `jobs` threads), calling `report` after each node; then
-/// rewrite `SHA256SUMS` and `os_list.json` in the output directory.
+/// `store` (missing ones compressed on `jobs` threads), calling `report` after each node. Each
+/// node's image and block map are put in place together with their `SHA256SUMS` and
+/// `os_list.json` entries ([`Index::replace`]), so the directory checks after every node, and
+/// at every moment in between, whatever stops the run.
 pub fn build_artifacts(
     profile: &Profile,
     nodes: &[&Node],
@@ -135,7 +138,7 @@ pub fn build_artifacts(
     report: &mut dyn FnMut(&Artifact),
 ) -> Result<Vec<Artifact>, DistError> {
     // A broken index in the output directory fails now, not after every node was compressed.
-    index::check_existing(&opts.out_dir)?;
+    let mut index = Index::read(&opts.out_dir)?;
     let ext = store.compression().codec.extension();
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();
@@ -143,9 +146,9 @@ pub fn build_artifacts(
         let out = opts.out_dir.join(format!("{}.img.{ext}", img.node));
         // Dropping `img` afterwards removes the raw temp image.
         let raw = img.output.temp_path();
-        let compressed = chunks::compress_image(raw, &out, store, jobs)?;
+        let (compressed, image_file) = chunks::compress_image(raw, &out, store, jobs)?;
         let bmap = opts.out_dir.join(format!("{}.img.bmap", img.node));
-        let bmap_sha256 = write_bmap(raw, &bmap)?;
+        let (bmap_file, bmap_sha256) = bmap_file(raw, &bmap)?;
         let artifact = Artifact {
             node: img.node,
             compressed,
@@ -155,31 +158,32 @@ pub fn build_artifacts(
             target: img.target,
             release: img.release,
         };
+        index.replace(
+            &opts.out_dir,
+            vec![
+                (image_file, artifact.compressed.sha256.clone()),
+                (bmap_file, artifact.bmap_sha256.clone()),
+            ],
+            os_entry(profile, &artifact, opts.epoch),
+        )?;
         report(&artifact);
         artifacts.push(artifact);
         since = std::time::Instant::now();
         Ok(())
     })?;
-    let entries = artifacts
-        .iter()
-        .map(|a| os_entry(profile, a, opts.epoch))
-        .collect::<Vec<_>>();
-    let bmaps = artifacts
-        .iter()
-        .map(|a| (file_name(&a.bmap), a.bmap_sha256.clone()))
-        .collect::<Vec<_>>();
-    write_index(&opts.out_dir, &entries, &bmaps)?;
+    // Also when no node was built: entries of files gone from the directory are dropped.
+    index.write(&opts.out_dir)?;
     Ok(artifacts)
 }
 
-/// Write the block map of the raw image `raw` to `out`; returns its sha256.
-fn write_bmap(raw: &Path, out: &Path) -> Result<String, DistError> {
+/// The block map of the raw image `raw` in a temp file for `out`, and its sha256.
+fn bmap_file(raw: &Path, out: &Path) -> Result<(PendingOutput, String), DistError> {
     let map = BlockMap::of_image(raw)?;
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
     bmap::write(&map, raw, &mut text)?;
-    index::write_atomic(out, &text)?;
-    Ok(crate::io::hex(&sha2::Sha256::digest(&text)))
+    let file = index::pending_with(out, &text)?;
+    Ok((file, crate::io::hex(&sha2::Sha256::digest(&text))))
 }
 
 /// The `os_list.json` entry for `a`.

@@ -72,6 +72,33 @@ impl SysRoot {
         SysRoot { root: root.into() }
     }
 
+    /// True for a fake tree (`PI_IMAGE_SYSROOT`, a hook for tests): what it says about disks
+    /// is made up, so with it only loop devices may be written ([`Self::allows`]).
+    pub fn is_fake(&self) -> bool {
+        self.root != Path::new("/")
+    }
+
+    /// Refuse writing to the device with device number `rdev` when the tree is fake, unless
+    /// the real sysfs says it is a loop device: a fake tree must never decide about a real disk.
+    pub fn allows(&self, target: &Path, rdev: u64) -> Result<(), DeviceError> {
+        if !self.is_fake() {
+            return Ok(());
+        }
+        let real = SysRoot::new("/");
+        let name = name_of_dev(&real, &dev_number(rdev));
+        if name.as_deref().is_some_and(|n| n.starts_with("loop")) {
+            return Ok(());
+        }
+        Err(DeviceError::Refused {
+            path: target.to_owned(),
+            reason: format!(
+                "PI_IMAGE_SYSROOT={} is a test hook that describes disks with a made-up tree; with it set only loop devices are written, and this is {}",
+                self.root.display(),
+                name.unwrap_or_else(|| format!("device {}", dev_number(rdev)))
+            ),
+        })
+    }
+
     /// `abs` (an absolute path like `/sys/block`) inside the tree.
     fn path(&self, abs: &str) -> PathBuf {
         self.root.join(abs.trim_start_matches('/'))
@@ -449,6 +476,11 @@ pub fn list(root: &SysRoot) -> Result<Vec<Disk>, DeviceError> {
     Ok(out)
 }
 
+/// `major:minor` of a device number.
+fn dev_number(rdev: u64) -> String {
+    format!("{}:{}", libc::major(rdev), libc::minor(rdev))
+}
+
 /// The disk behind the device node `node` (a real `/dev` path), read through `root`. Refuses
 /// anything that is not a block device, and partitions.
 pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
@@ -465,8 +497,13 @@ pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
             path: node.to_owned(),
         });
     }
-    let rdev = meta.rdev();
-    let dev = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    disk_for_dev(root, node, meta.rdev())
+}
+
+/// The disk with device number `rdev` (from `fstat` of an open device, so that it is the device
+/// that will be written), named `node` in messages, read through `root`. Refuses partitions.
+pub fn disk_for_dev(root: &SysRoot, node: &Path, rdev: u64) -> Result<Disk, DeviceError> {
+    let dev = dev_number(rdev);
     let sys = root.path(&format!("/sys/dev/block/{dev}"));
     let dir = fs::canonicalize(&sys).at(&sys)?;
     let name = dir

@@ -160,6 +160,7 @@ mod tests {
                     holders: vec![],
                     system: vec![],
                 }),
+                device: None,
                 fresh: false,
             }],
         }

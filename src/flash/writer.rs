@@ -1,12 +1,13 @@
-//! A target's writer: opens it (a disk exclusively, with `O_DIRECT` where it allows), writes the
-//! reader's pieces except the held-back partition tables, `fdatasync`, then the held ranges,
-//! `fdatasync` again and `BLKRRPART`, and by default verifies what it wrote.
+//! A target's writer: takes the disk opened when it was checked (exclusively, with `O_DIRECT`
+//! where it allows), or makes a new file beside a `--to-file` path, writes the reader's pieces
+//! except the held-back partition tables, `fdatasync`, then the held ranges, `fdatasync` again
+//! and `BLKRRPART`, by default verifies what it wrote, and renames a new file into place.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -14,9 +15,10 @@ use std::time::Instant;
 
 use super::reader::{Piece, Slot};
 use super::source::Source;
-use super::target::Target;
+use super::target::{OpenDevice, Target};
 use super::verify::verify_written;
 use super::{FlashError, FlashOptions, Outcome};
+use crate::image::PendingOutput;
 use crate::io::progress::Progress;
 use crate::io::{AtPath, PathError};
 
@@ -34,33 +36,35 @@ pub(super) fn held_ranges(size: Option<u64>) -> Vec<Range<u64>> {
         .collect()
 }
 
-/// Open a target for writing: a disk exclusively (`O_EXCL`, which also fails if the kernel
-/// has it mounted) and with `O_DIRECT` where it allows; a file created if missing.
-fn open_target(t: &Target) -> Result<(File, bool), FlashError> {
-    if t.disk.is_some() {
-        let open = |direct: bool| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_EXCL | if direct { libc::O_DIRECT } else { 0 })
-                .open(&t.path)
-        };
-        match open(true) {
-            Ok(f) => Ok((f, true)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                Ok(open(false).map(|f| (f, false)).at(&t.path)?)
+/// Where a writer writes: the disk opened when it was checked, or a new file beside the
+/// `--to-file` path, renamed over it only once written (and verified).
+enum Opened {
+    Disk(Arc<OpenDevice>),
+    File(PendingOutput, File),
+}
+
+impl Opened {
+    fn open(t: &Target) -> Result<Opened, FlashError> {
+        match &t.device {
+            Some(d) => Ok(Opened::Disk(Arc::clone(d))),
+            None => {
+                let mut out = PendingOutput::create(&t.path)?;
+                let file = out.file().try_clone().at(out.temp_path())?;
+                Ok(Opened::File(out, file))
             }
-            Err(e) => Err(PathError::new(&t.path, e).into()),
         }
-    } else {
-        Ok(OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&t.path)
-            .map(|f| (f, false))
-            .at(&t.path)?)
+    }
+
+    fn file(&self) -> &File {
+        match self {
+            Opened::Disk(d) => &d.file,
+            Opened::File(_, f) => f,
+        }
+    }
+
+    /// Whether `O_DIRECT` is on.
+    fn direct(&self) -> bool {
+        matches!(self, Opened::Disk(d) if d.direct)
     }
 }
 
@@ -147,7 +151,9 @@ pub(super) fn write_target(
         Some(multi),
     );
     let result = (|| -> Result<(), FlashError> {
-        let (file, mut direct) = open_target(t)?;
+        let opened = Opened::open(t)?;
+        let file = opened.file();
+        let mut direct = opened.direct();
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         for piece in rx {
             let data = piece.data.as_slice();
@@ -162,7 +168,7 @@ pub(super) fn write_target(
                 let he = h.end.min(range.end);
                 if pos < hs {
                     let s = &data[(pos - range.start) as usize..(hs - range.start) as usize];
-                    write_at(&file, &mut direct, s, pos, &t.path)?;
+                    write_at(file, &mut direct, s, pos, &t.path)?;
                 }
                 kept.push((
                     hs,
@@ -172,7 +178,7 @@ pub(super) fn write_target(
             }
             if pos < range.end {
                 write_at(
-                    &file,
+                    file,
                     &mut direct,
                     &data[(pos - range.start) as usize..],
                     pos,
@@ -192,20 +198,18 @@ pub(super) fn write_target(
                 reason,
             })?;
         // Everything else is on the device before the partition table makes it bootable.
-        fdatasync(&file, &t.path)?;
+        fdatasync(file, &t.path)?;
         if direct {
-            set_direct(&file, false).at(&t.path)?;
+            set_direct(file, false).at(&t.path)?;
         }
         for (offset, data) in &kept {
             file.write_all_at(data, *offset).at(&t.path)?;
         }
         if t.disk.is_none() {
-            let len = file.metadata().at(&t.path)?.len();
-            if len < read.image_size {
-                file.set_len(read.image_size).at(&t.path)?;
-            }
+            // Exactly the image's length, so that `cmp` and `verify` agree on the whole file.
+            file.set_len(read.image_size).at(&t.path)?;
         }
-        fdatasync(&file, &t.path)?;
+        fdatasync(file, &t.path)?;
         if t.disk.is_some() {
             // SAFETY: ioctl without arguments on a descriptor we own. Failure (a loop device
             // without partition scanning, say) only means the kernel keeps its old view.
@@ -218,13 +222,16 @@ pub(super) fn write_target(
             let r = verify_written(
                 src,
                 &t.path,
-                &file,
+                file,
                 t.disk.is_some(),
                 &read.written,
                 &mut progress,
             );
             out.verify_secs = vstart.elapsed().as_secs_f64();
             r?;
+        }
+        if let Opened::File(pending, _) = opened {
+            pending.commit()?;
         }
         Ok(())
     })();

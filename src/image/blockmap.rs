@@ -137,8 +137,16 @@ impl RangeHasher {
 pub struct RangeChecksums {
     /// The hash function.
     pub kind: ChecksumKind,
-    /// Lowercase hex digests, in the order of the ranges.
-    pub hex: Vec<String>,
+    /// Lowercase hex digests, in the order of the ranges; `None` for a range without one
+    /// (which is then not checked, while every other range still is).
+    pub hex: Vec<Option<String>>,
+}
+
+impl RangeChecksums {
+    /// How many ranges have no checksum.
+    pub fn missing(&self) -> usize {
+        self.hex.iter().filter(|h| h.is_none()).count()
+    }
 }
 
 /// The byte ranges of an image that a copy needs.

@@ -1,11 +1,15 @@
 //! Outputs written atomically (a temp file in the same directory, fsync, rename), so that a failed
 //! run never leaves a file at the final path, and sparse copies (all-zero blocks become holes).
+//! The temp file is created exclusively under an unpredictable name and never through a symlink
+//! ([`crate::io::tempfiles`]); the rename replaces whatever is at the final path (a symlink
+//! itself, never the file it points to).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::ImageError;
+use crate::io::tempfiles::{self, Registered, parent_dir};
 use crate::io::{AtPath, read_full};
 
 /// Holes are made for all-zero runs of this many bytes (the usual filesystem block size).
@@ -52,29 +56,21 @@ pub struct PendingOutput {
     target: PathBuf,
     file: File,
     committed: bool,
+    /// Removes the temp file on SIGINT/SIGTERM while it exists.
+    _registered: Registered,
 }
 
 impl PendingOutput {
     /// Create the temp file for `target` in the same directory (so the rename is atomic).
     pub fn create(target: &Path) -> Result<PendingOutput, ImageError> {
-        let dir = parent_dir(target);
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .at(&temp)?;
+        let (temp, file, registered) =
+            tempfiles::create_file_beside(target).at(&parent_dir(target))?;
         Ok(PendingOutput {
             temp,
             target: target.to_owned(),
             file,
             committed: false,
+            _registered: registered,
         })
     }
 
@@ -109,13 +105,6 @@ impl Drop for PendingOutput {
         if !self.committed {
             let _ = fs::remove_file(&self.temp);
         }
-    }
-}
-
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
     }
 }
 
@@ -163,5 +152,39 @@ mod tests {
         pending.commit().unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"whole");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn two_outputs_for_one_target_do_not_share_a_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("node.img");
+        let mut a = PendingOutput::create(&target).unwrap();
+        let mut b = PendingOutput::create(&target).unwrap();
+        assert_ne!(a.temp_path(), b.temp_path());
+        a.file().write_all(b"a").unwrap();
+        b.file().write_all(b"b").unwrap();
+        drop(b);
+        a.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"a");
+    }
+
+    #[test]
+    fn a_symlink_at_the_final_path_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let target = dir.path().join("node.img");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        let mut out = PendingOutput::create(&target).unwrap();
+        out.file().write_all(b"image").unwrap();
+        out.commit().unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(
+            !fs::symlink_metadata(&target)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&target).unwrap(), b"image");
     }
 }

@@ -57,6 +57,9 @@ pub struct RemoteBase {
     pub url: String,
     /// The pinned sha256 of the file at `url` (lowercase hex), if the profile gives one.
     pub sha256: Option<String>,
+    /// The size in bytes of the file at `url` (`base_size`), if the profile gives it: a
+    /// download is stopped at the first byte past it.
+    pub size: Option<u64>,
     /// A `SHA256SUMS` URL whose line for the file name of `url` gives the sha256.
     pub sha256sums: Option<String>,
     /// The release it holds, when known from the alias (`Ubuntu 20.04.5`), for `cache list`.
