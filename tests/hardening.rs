@@ -648,7 +648,7 @@ fn hole_14_doubling_include_chains_are_bounded() {
             format!("k{i}=1\ninclude f{0}.txt\ninclude f{0}.txt\n", i + 1),
         );
     }
-    put("config.txt".into(), "include f0.txt\n".into());
+    put("config.txt", "include f0.txt\n".into());
     let (in_time, out) = within_60s(&["inspect", s(&img)]);
     assert!(in_time, "inspect did not finish within 60 s");
     let text = String::from_utf8_lossy(&out.stdout);
