@@ -176,13 +176,9 @@ pub struct PendingImage {
 }
 
 impl PendingImage {
-    /// Hash the image and rename it to `<out>/<node>.img`.
-    pub fn commit(mut self) -> Result<BuiltImage> {
-        let temp = self.output.temp_path().to_owned();
-        let file = self.output.file();
-        std::io::Seek::rewind(file).at(&temp)?;
-        let sha256 = crate::io::sha256_hex(file).at(&temp)?;
-        let path = self.output.commit()?;
+    /// Hash the image (while it is being synced) and rename it to `<out>/<node>.img`.
+    pub fn commit(self) -> Result<BuiltImage> {
+        let (path, sha256) = self.output.commit_hashed()?;
         Ok(BuiltImage {
             node: self.node,
             path,
