@@ -145,6 +145,10 @@ pub struct BuildArgs {
     /// The base image (.img or .img.xz); overrides the profile's `base`.
     #[arg(long)]
     pub base: Option<PathBuf>,
+    /// Leave each raw image's sha256 out of the summary (hashing the whole image costs about
+    /// as much time as copying it).
+    #[arg(long, conflicts_with = "compress")]
+    pub no_sha256: bool,
     /// Output directory.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,

@@ -151,8 +151,8 @@ pub struct BuiltImage {
     pub path: PathBuf,
     /// Its size in bytes.
     pub size: u64,
-    /// Its sha256, hex.
-    pub sha256: String,
+    /// Its sha256, hex, when asked for.
+    pub sha256: Option<String>,
     /// The boot target.
     pub target: Target,
     /// The release of the base.
@@ -176,9 +176,15 @@ pub struct PendingImage {
 }
 
 impl PendingImage {
-    /// Hash the image (while it is being synced) and rename it to `<out>/<node>.img`.
-    pub fn commit(self) -> Result<BuiltImage> {
-        let (path, sha256) = self.output.commit_hashed()?;
+    /// Rename the image to `<out>/<node>.img` once synced; with `sha256`, hash it on another
+    /// core while it is being synced.
+    pub fn commit(self, sha256: bool) -> Result<BuiltImage> {
+        let (path, sha256) = if sha256 {
+            let (path, hex) = self.output.commit_hashed()?;
+            (path, Some(hex))
+        } else {
+            (self.output.commit()?, None)
+        };
         Ok(BuiltImage {
             node: self.node,
             path,
@@ -190,17 +196,18 @@ impl PendingImage {
     }
 }
 
-/// Build `nodes` of `profile` from the base image into `<out>/<node>.img`. A compressed base is
-/// decompressed once into a temporary raw image in the output directory, which every node is
-/// then copied from.
+/// Build `nodes` of `profile` from the base image into `<out>/<node>.img`, with each image's
+/// sha256 if asked. A compressed base is decompressed once into a temporary raw image in the
+/// output directory, which every node is then copied from.
 pub fn build_nodes(
     profile: &Profile,
     nodes: &[&Node],
     opts: &BuildOptions,
+    sha256: bool,
 ) -> Result<Vec<BuiltImage>> {
     let mut built = Vec::new();
     build_nodes_with::<BuildError>(profile, nodes, opts, &mut |img| {
-        built.push(img.commit()?);
+        built.push(img.commit(sha256)?);
         Ok(())
     })?;
     Ok(built)

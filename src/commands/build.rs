@@ -32,13 +32,14 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
         epoch: super::source_date_epoch()?,
     };
     let Some(compression) = compression else {
-        for img in build::build_nodes(&profile, &nodes, &opts)? {
+        for img in build::build_nodes(&profile, &nodes, &opts, !args.no_sha256)? {
             println!(
-                "{:<8} {}  {:>6} MiB  sha256 {}  target {}  {}",
+                "{:<8} {}  {:>6} MiB  {}target {}  {}",
                 img.node,
                 img.path.display(),
                 img.size >> 20,
-                img.sha256,
+                img.sha256
+                    .map_or_else(String::new, |h| format!("sha256 {h}  ")),
                 img.target,
                 img.release
             );
