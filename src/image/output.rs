@@ -117,15 +117,25 @@ fn unsupported(e: &io::Error) -> bool {
     )
 }
 
-/// `copy_file_range` of bytes `range` of `src` to the same place in `dst`.
+/// Bytes copied between starting their write-back.
+const WRITE_BEHIND: u64 = 64 << 20;
+
+/// `copy_file_range` of bytes `range` of `src` to the same place in `dst`, starting the
+/// write-back of each [`WRITE_BEHIND`] bytes copied, so that the disk writes while the kernel
+/// copies on (an fsync of the whole copy afterwards would wait for all of it).
 fn copy_range(src: &File, dst: &File, range: Range<u64>) -> io::Result<()> {
     let mut pos = range.start;
+    let mut unsynced = pos;
     while pos < range.end {
+        if pos - unsynced >= WRITE_BEHIND {
+            start_write_back(dst, unsynced..pos);
+            unsynced = pos;
+        }
         let mut off_in = libc::loff_t::try_from(pos).map_err(io::Error::other)?;
         let mut off_out = off_in;
         let len = usize::try_from(range.end - pos)
             .unwrap_or(usize::MAX)
-            .min(1 << 30);
+            .min(WRITE_BEHIND as usize);
         // SAFETY: both descriptors are ours and the offsets are valid pointers to locals.
         let n = unsafe {
             libc::copy_file_range(
@@ -153,7 +163,21 @@ fn copy_range(src: &File, dst: &File, range: Range<u64>) -> io::Result<()> {
             n => pos += n as u64,
         }
     }
+    start_write_back(dst, unsynced..pos);
     Ok(())
+}
+
+/// Start writing `range` of `f` back to disk, without waiting (`sync_file_range`). Only a
+/// head start for the fsync that follows, which reports any error.
+fn start_write_back(f: &File, range: Range<u64>) {
+    let (Ok(at), Ok(len)) = (
+        libc::off64_t::try_from(range.start),
+        libc::off64_t::try_from(range.end - range.start),
+    ) else {
+        return;
+    };
+    // SAFETY: a hint on a descriptor we own; no memory is passed.
+    unsafe { libc::sync_file_range(f.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// The sha256 of all of `file`, in hex: its data extents read, its holes hashed as the zeros
