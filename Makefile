@@ -47,12 +47,15 @@ install: build
 	$(BIN) completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_pi-image
 	$(BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/pi-image.fish
 
-# Fetch speed and memory on a generated ~1 GB image served on loopback, flash speed and memory
-# on a generated ~3 GB image against dd and bmaptool, and release artifacts for five nodes
-# against the naive per-node pipeline on a ~3 GB image (BENCH_SIZE_GB) (not tests).
+# Fetch speed and memory on a generated ~1 GB image and the small test image served on
+# loopback, flash speed and memory on a generated ~3 GB image and the small test image against
+# dd and bmaptool, a raw build against cp + sync on the same two images, and release artifacts
+# for five nodes against the naive per-node pipeline on a ~3 GB image (BENCH_SIZE_GB) (not
+# tests). Each script prints its ratios and records them in bench/RESULTS.md.
 bench:
 	bench/fetch.sh
 	bench/flash.sh
+	bench/build.sh
 	bench/release.sh
 
 clean:

@@ -362,6 +362,17 @@ fn builds_are_reproducible_and_the_base_is_untouched() {
 }
 
 #[test]
+fn the_summary_sha256_is_sha256sums() {
+    let (_, sum, _) = run("sha256sum", &[image("pi3").to_str().unwrap()]);
+    let sum = &sum[..64];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("again");
+    let printed = String::from_utf8_lossy(&build_pi3(&fixture_raw(), &out).stdout).into_owned();
+    assert!(printed.contains(&format!("  sha256 {sum}  ")), "{printed}");
+    assert!(fs::read(out.join("pi3.img")).unwrap() == fs::read(image("pi3")).unwrap());
+}
+
+#[test]
 fn inspect_shows_partitions_effective_config_and_cloud_init() {
     let res = pi_image(&repo(), &["inspect", image("pi3").to_str().unwrap()]);
     let out = String::from_utf8_lossy(&res.stdout);

@@ -1,4 +1,4 @@
-//! One node's image: a sparse copy of the base, its plan's boot files, overlays and EEPROM files
+//! One node's image: a copy of the base (a reflink, or its data extents copied in the kernel), its plan's boot files, overlays and EEPROM files
 //! written into the FAT boot partition, its root filesystem files into the ext4 root, and its
 //! partition table given the node's identity.
 
@@ -80,8 +80,8 @@ pub(super) fn build(
     let target = opts.out_dir.join(format!("{}.img", node.name));
     let mut out = PendingOutput::create(&target)?;
     let temp = out.temp_path().to_owned();
-    let mut src = File::open(base.raw_path()).at(base.raw_path())?;
-    let size = image::copy_sparse(&mut src, out.file()).at(&temp)?;
+    let src = File::open(base.raw_path()).at(base.raw_path())?;
+    let (size, _) = image::copy_file(&src, out.file(), &base.data).at(&temp)?;
 
     let (boot, root) = (&base.boot, &base.root);
     let mut fs = BootFs::open(

@@ -118,7 +118,7 @@ pub fn summary(outcomes: &[Outcome]) -> String {
             devices::human(o.bytes),
             rate(o.bytes, o.write_secs),
             if o.verify_secs > 0.0 {
-                rate(o.bytes, o.verify_secs)
+                rate(o.verified, o.verify_secs)
             } else {
                 "-".into()
             }

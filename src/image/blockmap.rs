@@ -332,7 +332,7 @@ fn nonzero_blocks(file: &mut File, range: Range<u64>) -> io::Result<Vec<Range<u6
 
 /// The next data region at or after `pos`: (start of data, start of the next hole). Where the
 /// filesystem cannot tell, everything is data.
-fn next_data(file: &File, pos: u64) -> io::Result<Option<(u64, u64)>> {
+pub(super) fn next_data(file: &File, pos: u64) -> io::Result<Option<(u64, u64)>> {
     let fd = file.as_raw_fd();
     let Ok(off) = libc::off_t::try_from(pos) else {
         return Ok(None);
