@@ -292,7 +292,8 @@ mod tests {
             let target = dir.path().join(format!("t{at}"));
             let o = flash_one(&src, &Expected::Image(&other_src), &target);
             assert_eq!(mismatch_at(&o), Some(at as u64), "{:?}", o.result);
-            std::fs::remove_file(target).unwrap();
+            // A new file that failed verification is not left at the target's path.
+            assert!(!target.exists());
         }
     }
 
@@ -334,7 +335,8 @@ mod tests {
                 &target,
             );
             assert_eq!(mismatch_at(&o), Some(at as u64), "{:?}", o.result);
-            std::fs::remove_file(target).unwrap();
+            // A new file that failed verification is not left at the target's path.
+            assert!(!target.exists());
         }
     }
 }
