@@ -8,7 +8,7 @@ if [ -n "${PI_IMAGE:-}" ]; then
   bin=$PI_IMAGE
 else
   cargo build --release --locked --quiet
-  bin="$PWD/${CARGO_TARGET_DIR:-target}/release/pi-image"
+  bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/pi-image"
 fi
 
 # secs CMD...: run CMD (stdout discarded, stderr kept in $work/last.err), print its wall time in
