@@ -157,6 +157,20 @@ fn hole_12_sigterm_and_sigint_remove_the_temps_and_exit_143_and_130() {
     }
 }
 
+/// Run pi-image with `args`, SIGKILL it while it builds into `out` (temps left there), then run
+/// it again to the end.
+fn kill_building_then_run_again(args: &[&str], out: &Path) {
+    let mut child = spawn(&repo(), args);
+    wait_for(out, |n| n.starts_with(".base.raw."));
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    assert!(
+        !temps_under(out).is_empty(),
+        "the kill left nothing to sweep"
+    );
+    pi_image_ok(&repo(), args);
+}
+
 /// (12) A SIGKILLed build leaves its temps; the next run removes them (their owner is gone).
 #[test]
 fn hole_12_the_next_run_sweeps_what_a_killed_run_left() {
@@ -164,15 +178,7 @@ fn hole_12_the_next_run_sweeps_what_a_killed_run_left() {
     let out = tmp.path().join("out");
     let xz = fixture_xz();
     let args = ["build", "--node", "pi1", "--base", s(&xz), "--out", s(&out)];
-    let mut child = spawn(&repo(), &args);
-    wait_for(&out, |n| n.starts_with(".base.raw."));
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
-    assert!(
-        !temps_under(&out).is_empty(),
-        "the kill left nothing to sweep"
-    );
-    pi_image_ok(&repo(), &args);
+    kill_building_then_run_again(&args, &out);
     // The image and its build record (issue 12), no temp anywhere below.
     assert_eq!(names(&out), [".pi-image", "pi1.img"]);
     assert_eq!(temps_under(&out), Vec::<PathBuf>::new());
@@ -201,15 +207,7 @@ fn hole_12_a_killed_flash_node_is_swept_by_the_next_and_cache_clean_leaves_nothi
         s(&out),
         "--to-file",
     ];
-    let mut child = spawn(&repo(), &args);
-    wait_for(&out, |n| n.starts_with(".base.raw."));
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
-    assert!(
-        !temps_under(&out).is_empty(),
-        "the kill left nothing to sweep"
-    );
-    pi_image_ok(&repo(), &args);
+    kill_building_then_run_again(&args, &out);
     assert_eq!(names(&out), [".pi-image", "pi1.img"]);
     assert_eq!(temps_under(&out), Vec::<PathBuf>::new());
     assert!(
