@@ -456,3 +456,46 @@ fn a_partition_is_refused_naming_the_whole_disk() {
     drop(l);
     assert_eq!(sha256(&file), before, "a refused flash wrote something");
 }
+
+/// (issue 14, item 15) `PI_IMAGE_SYSROOT` is a hook for tests: whatever its tree says, a device
+/// that this machine's sysfs does not call a loop device is refused, before it is opened. The
+/// node is made with a major number of the kernel's "local/experimental use" range (60), which
+/// no driver claims, so nothing could be written even if the rule were gone.
+#[test]
+fn hole_15_a_fake_tree_cannot_make_a_non_loop_device_writable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = demo_images().join("pi1.img");
+    let node = tmp.path().join("disk");
+    match Command::new("mknod").args([s(&node), "b", "60", "0"]).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED: mknod cannot make a block device node here: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: mknod is not available: {e}");
+            return;
+        }
+    }
+    // The tree describes 60:0 as an idle, removable USB disk: every rule would pass.
+    let root = tmp.path().join("root");
+    fake_tree(&root, "sda", "60:0", USB, 64 << 30, true, false, "", "");
+    let out = flash_with_root(&root, &img, &node, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("PI_IMAGE_SYSROOT=")
+            && err.contains("only loop devices are written, and this is device 60:0"),
+        "{err}"
+    );
+    // `--force` does not lift it.
+    let out = flash_with_root(&root, &img, &node, &["--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("only loop devices are written"),
+        "{err}"
+    );
+}

@@ -695,3 +695,76 @@ f.seek(512); f.write(h)
         "{err}"
     );
 }
+
+/// (16) `--to-file` onto a symlink is refused: the file it points to keeps every byte.
+#[test]
+fn hole_16_to_file_refuses_a_symlink_and_leaves_its_target_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("precious");
+    fs::write(&victim, "someone else's file\n").unwrap();
+    let before = sha256(&victim);
+    let link = tmp.path().join("card.img");
+    symlink(&victim, &link).unwrap();
+    let out = pi_image(
+        &repo(),
+        &["flash", s(&fixture_raw()), s(&link), "--to-file"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("card.img: refusing to write: it is a symlink"),
+        "{err}"
+    );
+    assert_eq!(sha256(&victim), before);
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(names(tmp.path()), ["card.img", "precious"]);
+}
+
+/// (16) `--to-file` over a longer file leaves exactly the image: `cmp` finds no extra tail and
+/// `verify` agrees.
+#[test]
+fn hole_16_to_file_over_a_longer_file_leaves_exactly_the_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = fixture_raw();
+    let target = tmp.path().join("card.img");
+    common::garbage_file(&target, fs::metadata(&img).unwrap().len() + (3 << 20) + 17);
+    pi_image_ok(&repo(), &["flash", s(&img), s(&target), "--to-file"]);
+    let (ok, out, err) = run("cmp", &[s(&img), s(&target)]);
+    assert!(ok, "cmp: {out}{err}");
+    pi_image_ok(&repo(), &["verify", s(&img), s(&target)]);
+    assert_eq!(names(tmp.path()), ["card.img"]);
+}
+
+/// (16) A `--to-file` write that fails (the compressed image is cut off half-way) leaves
+/// nothing new behind: no file at a new path, an existing file as it was, no temp files.
+#[test]
+fn hole_16_a_failed_to_file_write_leaves_nothing_new_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&dst).unwrap();
+    let xz = fs::read(fixture_xz()).unwrap();
+    let cut = src.join("cut.img.xz");
+    fs::write(&cut, &xz[..xz.len() / 2]).unwrap();
+    // A new path.
+    let target = dst.join("new.img");
+    let out = pi_image(&repo(), &["flash", s(&cut), s(&target), "--to-file"]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names(&dst), Vec::<String>::new());
+    // An existing file.
+    let old = dst.join("old.img");
+    common::garbage_file(&old, 5 << 20);
+    let before = sha256(&old);
+    let out = pi_image(&repo(), &["flash", s(&cut), s(&old), "--to-file"]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&old), before);
+    assert_eq!(names(&dst), ["old.img"]);
+}

@@ -67,6 +67,9 @@ impl Target {
             }
             .into());
         }
+        // A fake tree decides nothing about a real disk: refused before it is even opened
+        // (and checked again on the descriptor below).
+        root.allows(path, meta.rdev())?;
         let device = match open_exclusive(path) {
             Ok(d) => d,
             Err(e) if e.source.raw_os_error() == Some(libc::EBUSY) => {
