@@ -466,7 +466,10 @@ fn hole_15_a_fake_tree_cannot_make_a_non_loop_device_writable() {
     let tmp = tempfile::tempdir().unwrap();
     let img = demo_images().join("pi1.img");
     let node = tmp.path().join("disk");
-    match Command::new("mknod").args([s(&node), "b", "60", "0"]).output() {
+    match Command::new("mknod")
+        .args([s(&node), "b", "60", "0"])
+        .output()
+    {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
             eprintln!(

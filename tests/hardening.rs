@@ -715,7 +715,12 @@ fn hole_16_to_file_refuses_a_symlink_and_leaves_its_target_untouched() {
         "{err}"
     );
     assert_eq!(sha256(&victim), before);
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(names(tmp.path()), ["card.img", "precious"]);
 }
 
