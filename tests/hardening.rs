@@ -173,7 +173,8 @@ fn hole_12_the_next_run_sweeps_what_a_killed_run_left() {
         "the kill left nothing to sweep"
     );
     pi_image_ok(&repo(), &args);
-    assert_eq!(names(&out), ["pi1.img"]);
+    assert_eq!(names(&out), [".pi-image", "pi1.img"]);
+    assert_eq!(temps_under(&out), Vec::<PathBuf>::new());
 }
 
 /// (12) A SIGKILLed `flash --node` leaves nothing in the cache (it builds into `--out`, not a

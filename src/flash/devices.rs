@@ -481,17 +481,21 @@ fn dev_number(rdev: u64) -> String {
     format!("{}:{}", libc::major(rdev), libc::minor(rdev))
 }
 
+/// `stat` of a target path: a missing one is [`DeviceError::Missing`] (which points to
+/// `pi-image devices`).
+pub fn stat_target(node: &Path) -> Result<fs::Metadata, DeviceError> {
+    match fs::metadata(node) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DeviceError::Missing {
+            path: node.to_owned(),
+        }),
+        m => Ok(m.at(node)?),
+    }
+}
+
 /// The disk behind the device node `node` (a real `/dev` path), read through `root`. Refuses
 /// anything that is not a block device, and partitions.
 pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
-    let meta = match fs::metadata(node) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(DeviceError::Missing {
-                path: node.to_owned(),
-            });
-        }
-        m => m.at(node)?,
-    };
+    let meta = stat_target(node)?;
     if !meta.file_type().is_block_device() {
         return Err(DeviceError::NotBlock {
             path: node.to_owned(),

@@ -60,7 +60,7 @@ impl Target {
                 fresh: true,
             });
         }
-        let meta = std::fs::metadata(path).at(path)?;
+        let meta = devices::stat_target(path)?;
         if !meta.file_type().is_block_device() {
             return Err(DeviceError::NotBlock {
                 path: path.to_owned(),
