@@ -65,15 +65,7 @@ fn onto_a_used_file_only_the_mapped_ranges_are_written_and_the_filesystems_are_c
     let size = fs::metadata(&img).unwrap().len();
     let zeros = tmp.path().join("zeros");
     fs::File::create(&zeros).unwrap().set_len(size).unwrap();
-    let mut gaps = Vec::new();
-    let mut pos = 0;
-    for &(a, b) in &ranges {
-        if a > pos {
-            gaps.push((pos, a));
-        }
-        pos = b;
-    }
-    gaps.push((pos, size));
+    let gaps = common::gaps(&ranges, size);
     for input in [&img, &xz] {
         let target = tmp.path().join("card.img");
         garbage_file(&target, size + (8 << 20));

@@ -100,15 +100,7 @@ fn flash_two_loop_devices_at_once_then_fsck_and_cmp_them() {
     drop((a, b));
     let garbage = tmp.path().join("garbage");
     garbage_file(&garbage, size + (16 << 20)); // deterministic: what the disks held before
-    let mut gaps = Vec::new();
-    let mut pos = 0;
-    for &(start, end) in &ranges {
-        if start > pos {
-            gaps.push((pos, start));
-        }
-        pos = end;
-    }
-    gaps.push((pos, size + (16 << 20)));
+    let gaps = common::gaps(&ranges, size + (16 << 20));
     for f in [&fa, &fb] {
         cmp_ranges(&garbage, f, &gaps);
     }

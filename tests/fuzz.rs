@@ -28,29 +28,12 @@ use pi_image::image::ext4::{Attrs, EntryKind, Ext4Fs};
 use pi_image::image::partition::PartitionTable;
 use pi_image::profile::{Profile, sshkey};
 
-use common::{repo, run_ok, s};
+use common::{Rng, repo, run_ok, s};
 
 /// No input may take longer than this.
 const BOUND: Duration = Duration::from_secs(10);
 /// Inputs per target in a plain `cargo test` (fewer for the slow ones).
 const QUICK_INPUTS: u64 = 300;
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Where mutations land in an input.
 #[derive(Clone)]

@@ -11,19 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture_raw, fixture_xz, pi_image, pi_image_ok, repo, run, s, sha256};
-
-/// `pi-image` with `args` in `cwd`, started in the background.
-fn spawn(cwd: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pi-image"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
+use common::{
+    fixture_raw, fixture_xz, pi_image, pi_image_ok, repo, run, s, sha256, spawn, temps_under,
+};
 
 /// Send `sig` to `child`.
 fn signal(child: &Child, sig: libc::c_int) {
@@ -63,25 +53,6 @@ fn names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-/// Temp files and directories (`.<name>....tmp`) anywhere under `dir`.
-fn temps_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            out.push(p.clone());
-        }
-        if e.file_type().unwrap().is_dir() {
-            out.extend(temps_under(&p));
-        }
-    }
-    out
 }
 
 fn demo_profile() -> PathBuf {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture_raw, fixture_xz, repo, run, s, sha256};
+use common::{Rng, fixture_raw, fixture_xz, repo, run, s, sha256, spawn, temps_under};
 
 /// Kills per command.
 const TRIALS: u64 = 20;
@@ -34,24 +34,6 @@ fn seed() -> u64 {
     }
 }
 
-/// splitmix64: small, seeded, good enough to spread kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A moment in `0..=span`.
-    fn moment(&mut self, span: Duration) -> Duration {
-        span.mul_f64((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
-
 /// One command under trial: how to run it in a work dir, and what must hold after a kill and
 /// after a completed run.
 struct Trial<'a> {
@@ -63,17 +45,6 @@ struct Trial<'a> {
     after_run: &'a dyn Fn(&Path, &str),
     /// Resets the work dir before a trial: `fresh` for a run that starts from nothing.
     reset: &'a dyn Fn(&Path, bool),
-}
-
-fn spawn(dir: &Path, args: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pi-image"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// Run to completion, asserting success; how long it took.
@@ -105,7 +76,7 @@ fn kill_trials(dir: &Path, trial: &Trial) {
     for i in 0..TRIALS {
         let fresh = i % 2 == 0;
         (trial.reset)(dir, fresh);
-        let at = rng.moment(span);
+        let at = span.mul_f64(rng.fraction());
         let ctx = format!(
             "{} (seed {seed}), kill {i} at {at:?} of {span:?}{}",
             trial.name,
@@ -132,17 +103,6 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-/// Temp files and directories (`.<name>....tmp`) anywhere under `dir`.
-fn temps_under(dir: &Path) -> Vec<PathBuf> {
-    files_under(dir)
-        .into_iter()
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with('.') && n.ends_with(".tmp")
-        })
-        .collect()
 }
 
 /// Every path under `dir` (files and directories), sorted.
@@ -305,16 +265,11 @@ fn build_compress_killed_anywhere_leaves_a_checking_release() {
             assert!(ok, "{ctx}: xz -t: {o}{e}");
         }
         if finals.iter().any(|n| n == "SHA256SUMS") {
-            let o = Command::new("sha256sum")
-                .args(["-c", "--strict", "SHA256SUMS"])
-                .current_dir(out)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "{ctx}: sha256sum -c: {}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
+            // (A failure's output starts with the trial's seed, printed when it began.)
+            common::run_ok(
+                Command::new("sha256sum")
+                    .args(["-c", "--strict", "SHA256SUMS"])
+                    .current_dir(out),
             );
         }
         if finals.iter().any(|n| n == "os_list.json") {
