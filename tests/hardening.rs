@@ -11,19 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture_raw, fixture_xz, pi_image, pi_image_ok, repo, run, s, sha256};
-
-/// `pi-image` with `args` in `cwd`, started in the background.
-fn spawn(cwd: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pi-image"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
+use common::{
+    fixture_raw, fixture_xz, pi_image, pi_image_ok, repo, run, s, sha256, spawn, temps_under,
+};
 
 /// Send `sig` to `child`.
 fn signal(child: &Child, sig: libc::c_int) {
@@ -63,25 +53,6 @@ fn names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-/// Temp files and directories (`.<name>....tmp`) anywhere under `dir`.
-fn temps_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            out.push(p.clone());
-        }
-        if e.file_type().unwrap().is_dir() {
-            out.extend(temps_under(&p));
-        }
-    }
-    out
 }
 
 fn demo_profile() -> PathBuf {
@@ -157,20 +128,6 @@ fn hole_12_sigterm_and_sigint_remove_the_temps_and_exit_143_and_130() {
     }
 }
 
-/// Run pi-image with `args`, SIGKILL it while it builds into `out` (temps left there), then run
-/// it again to the end.
-fn kill_building_then_run_again(args: &[&str], out: &Path) {
-    let mut child = spawn(&repo(), args);
-    wait_for(out, |n| n.starts_with(".base.raw."));
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
-    assert!(
-        !temps_under(out).is_empty(),
-        "the kill left nothing to sweep"
-    );
-    pi_image_ok(&repo(), args);
-}
-
 /// (12) A SIGKILLed build leaves its temps; the next run removes them (their owner is gone).
 #[test]
 fn hole_12_the_next_run_sweeps_what_a_killed_run_left() {
@@ -178,17 +135,24 @@ fn hole_12_the_next_run_sweeps_what_a_killed_run_left() {
     let out = tmp.path().join("out");
     let xz = fixture_xz();
     let args = ["build", "--node", "pi1", "--base", s(&xz), "--out", s(&out)];
-    kill_building_then_run_again(&args, &out);
-    // The image and its build record (issue 12), no temp anywhere below.
+    let mut child = spawn(&repo(), &args);
+    wait_for(&out, |n| n.starts_with(".base.raw."));
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    assert!(
+        !temps_under(&out).is_empty(),
+        "the kill left nothing to sweep"
+    );
+    pi_image_ok(&repo(), &args);
     assert_eq!(names(&out), [".pi-image", "pi1.img"]);
     assert_eq!(temps_under(&out), Vec::<PathBuf>::new());
 }
 
-/// (12) A killed `flash --node` (which builds the node into `--out` first) leaves temps there;
-/// the next one sweeps them and writes the node, and `cache clean` leaves only the cache's
-/// skeleton. (Node images no longer live in the cache: issue 12 builds them into `--out`.)
+/// (12) A SIGKILLed `flash --node` leaves nothing in the cache (it builds into `--out`, not a
+/// temp dir in the cache, since issue 12: the `cache/flash-<pid>/` case is gone) and its temps
+/// in `--out` are swept by the next run; `cache clean` leaves only the lock and `partial/`.
 #[test]
-fn hole_12_a_killed_flash_node_is_swept_by_the_next_and_cache_clean_leaves_nothing() {
+fn hole_12_a_killed_flash_node_leaves_nothing_the_next_run_misses() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("out");
@@ -207,16 +171,21 @@ fn hole_12_a_killed_flash_node_is_swept_by_the_next_and_cache_clean_leaves_nothi
         s(&out),
         "--to-file",
     ];
-    kill_building_then_run_again(&args, &out);
-    assert_eq!(names(&out), [".pi-image", "pi1.img"]);
-    assert_eq!(temps_under(&out), Vec::<PathBuf>::new());
+    let mut child = spawn(&repo(), &args);
+    wait_for(&out, |n| n.starts_with(".base.raw."));
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
     assert!(
-        Command::new("cmp")
-            .args([out.join("pi1.img"), target.clone()])
-            .status()
-            .unwrap()
-            .success()
+        !temps_under(&out).is_empty(),
+        "the kill left nothing to sweep"
     );
+    assert_eq!(temps_under(&cache), Vec::<PathBuf>::new());
+    assert!(!target.exists());
+    pi_image_ok(&repo(), &args);
+    assert_eq!(temps_under(&out), Vec::<PathBuf>::new());
+    assert_eq!(names(&out), [".pi-image", "pi1.img"]);
+    let (same, o, e) = run("cmp", &[s(&target), s(&out.join("pi1.img"))]);
+    assert!(same, "{o}{e}");
     pi_image_ok(&repo(), &["--cache-dir", s(&cache), "cache", "clean"]);
     assert_eq!(names(&cache), ["lock", "partial"]);
     assert_eq!(names(&cache.join("partial")), Vec::<String>::new());
@@ -705,4 +674,82 @@ f.seek(512); f.write(h)
         err.contains("partition 1") && err.contains("past the largest possible offset"),
         "{err}"
     );
+}
+
+/// (16) `--to-file` onto a symlink is refused: the file it points to keeps every byte.
+#[test]
+fn hole_16_to_file_refuses_a_symlink_and_leaves_its_target_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("precious");
+    fs::write(&victim, "someone else's file\n").unwrap();
+    let before = sha256(&victim);
+    let link = tmp.path().join("card.img");
+    symlink(&victim, &link).unwrap();
+    let out = pi_image(
+        &repo(),
+        &["flash", s(&fixture_raw()), s(&link), "--to-file"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("card.img: refusing to write: it is a symlink"),
+        "{err}"
+    );
+    assert_eq!(sha256(&victim), before);
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(names(tmp.path()), ["card.img", "precious"]);
+}
+
+/// (16) `--to-file` over a longer file leaves exactly the image: `cmp` finds no extra tail and
+/// `verify` agrees.
+#[test]
+fn hole_16_to_file_over_a_longer_file_leaves_exactly_the_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = fixture_raw();
+    let target = tmp.path().join("card.img");
+    common::garbage_file(&target, fs::metadata(&img).unwrap().len() + (3 << 20) + 17);
+    pi_image_ok(&repo(), &["flash", s(&img), s(&target), "--to-file"]);
+    let (ok, out, err) = run("cmp", &[s(&img), s(&target)]);
+    assert!(ok, "cmp: {out}{err}");
+    pi_image_ok(&repo(), &["verify", s(&img), s(&target)]);
+    assert_eq!(names(tmp.path()), ["card.img"]);
+}
+
+/// (16) A `--to-file` write that fails (the compressed image is cut off half-way) leaves
+/// nothing new behind: no file at a new path, an existing file as it was, no temp files.
+#[test]
+fn hole_16_a_failed_to_file_write_leaves_nothing_new_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&dst).unwrap();
+    let xz = fs::read(fixture_xz()).unwrap();
+    let cut = src.join("cut.img.xz");
+    fs::write(&cut, &xz[..xz.len() / 2]).unwrap();
+    // A new path.
+    let target = dst.join("new.img");
+    let out = pi_image(&repo(), &["flash", s(&cut), s(&target), "--to-file"]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names(&dst), Vec::<String>::new());
+    // An existing file.
+    let old = dst.join("old.img");
+    common::garbage_file(&old, 5 << 20);
+    let before = sha256(&old);
+    let out = pi_image(&repo(), &["flash", s(&cut), s(&old), "--to-file"]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&old), before);
+    assert_eq!(names(&dst), ["old.img"]);
 }

@@ -481,30 +481,27 @@ fn dev_number(rdev: u64) -> String {
     format!("{}:{}", libc::major(rdev), libc::minor(rdev))
 }
 
+/// `stat` of a target path: a missing one is [`DeviceError::Missing`] (which points to
+/// `pi-image devices`).
+pub fn stat_target(node: &Path) -> Result<fs::Metadata, DeviceError> {
+    match fs::metadata(node) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DeviceError::Missing {
+            path: node.to_owned(),
+        }),
+        m => Ok(m.at(node)?),
+    }
+}
+
 /// The disk behind the device node `node` (a real `/dev` path), read through `root`. Refuses
 /// anything that is not a block device, and partitions.
 pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
-    let meta = block_device(node)?;
-    disk_for_dev(root, node, meta.rdev())
-}
-
-/// The metadata of the block device `node`; an error that says what to give instead when it
-/// is missing or not a block device.
-pub fn block_device(node: &Path) -> Result<fs::Metadata, DeviceError> {
-    let meta = match fs::metadata(node) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(DeviceError::Missing {
-                path: node.to_owned(),
-            });
-        }
-        m => m.at(node)?,
-    };
+    let meta = stat_target(node)?;
     if !meta.file_type().is_block_device() {
         return Err(DeviceError::NotBlock {
             path: node.to_owned(),
         });
     }
-    Ok(meta)
+    disk_for_dev(root, node, meta.rdev())
 }
 
 /// The disk with device number `rdev` (from `fstat` of an open device, so that it is the device

@@ -60,7 +60,16 @@ impl Target {
                 fresh: true,
             });
         }
-        devices::block_device(path)?;
+        let meta = devices::stat_target(path)?;
+        if !meta.file_type().is_block_device() {
+            return Err(DeviceError::NotBlock {
+                path: path.to_owned(),
+            }
+            .into());
+        }
+        // A fake tree decides nothing about a real disk: refused before it is even opened
+        // (and checked again on the descriptor below).
+        root.allows(path, meta.rdev())?;
         let device = match open_exclusive(path) {
             Ok(d) => d,
             Err(e) if e.source.raw_os_error() == Some(libc::EBUSY) => {

@@ -22,6 +22,7 @@ use super::verify::{Check, Expected, Feed, with_verifier};
 use super::{FlashError, FlashOptions, Outcome};
 use crate::image::PendingOutput;
 use crate::io::progress::Progress;
+use crate::io::tempfiles::parent_dir;
 use crate::io::{AtPath, PathError};
 
 /// Held back and written last: the MBR and primary GPT header...
@@ -54,6 +55,8 @@ impl Opened {
         match &t.device {
             Some(d) => Ok(Opened::Disk(Arc::clone(d))),
             None => {
+                // A missing directory is named with the target the user gave.
+                std::fs::metadata(parent_dir(&t.path)).at(&t.path)?;
                 let mut out = PendingOutput::create(&t.path)?;
                 let file = out.file().try_clone().at(out.temp_path())?;
                 Ok(Opened::File(out, file))

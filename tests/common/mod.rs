@@ -322,3 +322,73 @@ pub fn sha256(p: &Path) -> String {
     assert!(ok, "{err}");
     out.split_whitespace().next().unwrap().to_owned()
 }
+
+/// pi-image with `args` in `cwd`, started in the background (stdout dropped, stderr piped).
+pub fn spawn<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: &[S]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_pi-image"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Temp files and directories of ours (`.<name>....tmp`) anywhere under `dir`.
+pub fn temps_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            out.push(p.clone());
+        }
+        if e.file_type().unwrap().is_dir() {
+            out.extend(temps_under(&p));
+        }
+    }
+    out
+}
+
+/// The byte ranges of `0..len` that sorted, non-overlapping `ranges` leave out.
+pub fn gaps(ranges: &[(u64, u64)], len: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for &(start, end) in ranges {
+        if start > pos {
+            out.push((pos, start));
+        }
+        pos = end;
+    }
+    if pos < len {
+        out.push((pos, len));
+    }
+    out
+}
+
+/// splitmix64: a small seeded generator for the kill trials and the fuzzer.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// A fraction in `[0, 1)`.
+    pub fn fraction(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
