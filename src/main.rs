@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pi-image: error: {e:#}");
+            eprintln!("pi-image: error: {}", commands::error_message(&e));
             ExitCode::from(commands::exit_status(&e))
         }
     }

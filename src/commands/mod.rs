@@ -54,6 +54,24 @@ pub fn exit_status(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// The error and its causes as one line, `a: b: c`. A cause whose text the line already ends
+/// with is left out: typed errors name their source in their own message (`PathError` is
+/// `path: cause`), so anyhow's `{:#}` would print it twice.
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Print `value` as one JSON document (pretty, with a final newline) on stdout.
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("encoding the JSON output")?;
@@ -109,5 +127,21 @@ fn source_date_epoch() -> anyhow::Result<i64> {
             format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970")
         }),
         Err(_) => Ok(crate::build::DEFAULT_EPOCH),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::from(crate::io::PathError::new(Path::new("/x.img"), io))
+            .context("flash");
+        assert_eq!(
+            error_message(&e),
+            "flash: /x.img: No such file or directory"
+        );
     }
 }
