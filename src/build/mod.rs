@@ -2,10 +2,12 @@
 //! rename it into place only when everything succeeded.
 //!
 //! [`base`] reads what every node shares from the base once (its raw bytes, partitions and
-//! release), [`node`] makes one node's image from it, and [`eeprom`] makes the bootloader EEPROM
-//! update files a node (or `pi-image eeprom`'s card) carries.
+//! release), [`node`] makes one node's image from it, [`delta`] makes the same image as a
+//! copy-on-write layer over the base (for releases of many nodes), and [`eeprom`] makes the
+//! bootloader EEPROM update files a node (or `pi-image eeprom`'s card) carries.
 
 mod base;
+pub mod delta;
 pub mod eeprom;
 mod node;
 pub mod overlay;
@@ -121,6 +123,9 @@ pub enum BuildError {
         /// Bytes free.
         free: u64,
     },
+    /// The root filesystem's allocation (for block maps) could not be read.
+    #[error("root filesystem allocation: {0}")]
+    RootAllocation(Box<crate::image::blockmap::BlockMapError>),
     /// Writing the root filesystem failed.
     #[error("node {node}: root filesystem: {source}")]
     RootFs {

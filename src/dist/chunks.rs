@@ -14,14 +14,15 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use super::layout::{Cell, sha256_range};
 use crate::base::cache::Cleaned;
+use crate::image::cow::CowImage;
 use crate::image::{ImageError, PendingOutput};
-use crate::io::{AtPath, FileRange, PathError, hex, sha256_hex};
+use crate::io::{AtPath, PathError, hex};
 
 /// Raw bytes per chunk: 32 MiB. Four times xz -6's 8 MiB dictionary, so a chunk boundary costs
 /// little ratio (the size grows well under 2 % against one stream), while a node's few edits
@@ -74,6 +75,15 @@ impl Codec {
             Codec::Xz => "xz",
             Codec::Zstd => "zst",
             Codec::Gzip => "gz",
+        }
+    }
+
+    /// The stream format its chunks are read back as.
+    pub fn format(self) -> crate::image::Format {
+        match self {
+            Codec::Xz => crate::image::Format::Xz,
+            Codec::Zstd => crate::image::Format::Zstd,
+            Codec::Gzip => crate::image::Format::Gzip,
         }
     }
 
@@ -207,6 +217,15 @@ impl ChunkStore {
         Ok(ChunkStore { dir, compression })
     }
 
+    /// A store in `dir` itself (created if needed), e.g. a shared-chunk release's `chunks/`.
+    pub fn in_dir(dir: &Path, compression: Compression) -> Result<ChunkStore, ChunkError> {
+        fs::create_dir_all(dir).at(dir)?;
+        Ok(ChunkStore {
+            dir: dir.to_owned(),
+            compression,
+        })
+    }
+
     /// The compression of every chunk in this store.
     pub fn compression(&self) -> Compression {
         self.compression
@@ -247,7 +266,30 @@ impl ChunkStore {
         Ok(())
     }
 
-    fn path(&self, key: &str) -> PathBuf {
+    /// Whether the chunk file for `key` decompresses to at most [`CHUNK_SIZE`] bytes whose
+    /// sha256 is `key` (a file left by an earlier run is checked before it is reused).
+    pub fn holds(&self, key: &str) -> Result<bool, ChunkError> {
+        let path = self.path(key);
+        let file = File::open(&path).at(&path)?;
+        let decoded = crate::image::decoder(
+            self.compression.codec.format(),
+            BufReader::with_capacity(BUF, file),
+        );
+        // A file that does not decode is not the chunk either.
+        let sha = crate::io::sha256_hex(&mut decoded.take(CHUNK_SIZE + 1));
+        Ok(sha.is_ok_and(|sha| sha == key))
+    }
+
+    /// The length and sha256 (hex) of the chunk file for `key`.
+    pub fn file_digest(&self, key: &str) -> Result<(u64, String), ChunkError> {
+        let path = self.path(key);
+        let mut file = File::open(&path).at(&path)?;
+        let len = file.metadata().at(&path)?.len();
+        Ok((len, crate::io::sha256_hex(&mut file).at(&path)?))
+    }
+
+    /// Where the chunk whose raw bytes have the sha256 `key` is kept.
+    pub fn path(&self, key: &str) -> PathBuf {
         self.dir
             .join(format!("{key}.{}", self.compression.codec.extension()))
     }
@@ -274,116 +316,83 @@ pub struct Compressed {
     pub reused: usize,
 }
 
-/// Compress the raw image `raw` into `out` (renamed into place only when complete) with the chunks
-/// of `store`, compressing missing chunks on `jobs` threads.
+/// Compress `image` (named `name` in errors), cut into `cells` whose raw sha256 are `keys`, into
+/// `out` (renamed into place only when complete) with the chunks of `store`, compressing missing
+/// chunks on `jobs` threads while one more thread hashes the whole image.
 pub fn compress_image(
-    raw: &Path,
+    image: &CowImage,
+    name: &Path,
+    cells: &[Cell],
+    keys: &[String],
     out: &Path,
     store: &ChunkStore,
     jobs: usize,
 ) -> Result<Compressed, ChunkError> {
-    let jobs = jobs.max(1);
-    let file = File::open(raw).at(raw)?;
-    let raw_size = file.metadata().at(raw)?.len();
-    // An empty image still gets one (empty) chunk, so the output is a valid compressed file.
-    let chunks: Vec<(u64, u64)> = if raw_size == 0 {
-        vec![(0, 0)]
-    } else {
-        (0..raw_size.div_ceil(CHUNK_SIZE))
-            .map(|i| {
-                let start = i * CHUNK_SIZE;
-                (start, CHUNK_SIZE.min(raw_size - start))
-            })
-            .collect()
-    };
-    let (raw_sha256, keys) = hash_chunks(&file, raw, raw_size, &chunks, jobs)?;
-
-    // Each missing key once, at its first chunk; positions whose key is cached are reused.
-    let mut missing: Vec<(usize, &str)> = Vec::new();
-    let mut reused = 0;
-    for (i, key) in keys.iter().enumerate() {
-        if store.path(key).is_file() {
-            reused += 1;
-        } else if !missing.iter().any(|(_, k)| k == key) {
-            missing.push((i, key));
-        }
-    }
-    compress_missing(&file, raw, &chunks, &missing, store, jobs)?;
-
-    let (size, sha256) = assemble(&keys, store, out)?;
+    let (raw_sha256, stored) = std::thread::scope(|s| {
+        let whole = s.spawn(|| sha256_range(image, 0, image.len()));
+        let stored = store_cells(image, name, cells, keys, store, jobs);
+        let whole = whole
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
+        (whole, stored)
+    });
+    let raw_sha256 = raw_sha256.at(name)?;
+    let Stored { compressed, reused } = stored?;
+    let (size, sha256) = assemble(keys, store, out)?;
     Ok(Compressed {
         path: out.to_owned(),
         size,
         sha256,
-        raw_size,
+        raw_size: image.len(),
         raw_sha256,
-        chunks: chunks.len(),
+        chunks: cells.len(),
+        compressed,
+        reused,
+    })
+}
+
+/// How [`store_cells`] got the chunks into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Distinct chunks compressed now.
+    pub compressed: usize,
+    /// Chunks (positions) that were in the store already.
+    pub reused: usize,
+}
+
+/// Make sure `store` holds the chunk of each of `cells` of `image`, whose raw sha256 are
+/// `keys`: missing ones are compressed on `jobs` threads, each distinct chunk once.
+pub fn store_cells(
+    image: &CowImage,
+    name: &Path,
+    cells: &[Cell],
+    keys: &[String],
+    store: &ChunkStore,
+    jobs: usize,
+) -> Result<Stored, ChunkError> {
+    // Each missing key once, at its first cell; positions whose key is stored are reused.
+    let mut missing: Vec<(usize, &str)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut reused = 0;
+    for (i, key) in keys.iter().enumerate() {
+        if store.path(key).is_file() {
+            reused += 1;
+        } else if seen.insert(key.as_str()) {
+            missing.push((i, key));
+        }
+    }
+    compress_missing(image, name, cells, &missing, store, jobs.max(1))?;
+    Ok(Stored {
         compressed: missing.len(),
         reused,
     })
 }
 
-/// The sha256 of the whole image and of each chunk. One thread hashes the whole image while the
-/// others hash chunks, all reading the file independently (it is in the page cache, just built).
-fn hash_chunks(
-    file: &File,
-    path: &Path,
-    size: u64,
-    chunks: &[(u64, u64)],
-    jobs: usize,
-) -> Result<(String, Vec<String>), ChunkError> {
-    let next = AtomicUsize::new(0);
-    let keys: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; chunks.len()]);
-    let failed = AtomicBool::new(false);
-    let chunk_workers = jobs.saturating_sub(1).max(1);
-    let whole = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..chunk_workers)
-            .map(|_| {
-                s.spawn(|| -> io::Result<()> {
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(start, len)) = chunks.get(i) else {
-                            return Ok(());
-                        };
-                        let key = sha256_hex(&mut FileRange::new(file, start, len)).inspect_err(
-                            |_| {
-                                failed.store(true, Ordering::Relaxed);
-                            },
-                        )?;
-                        if let Ok(mut k) = keys.lock() {
-                            k[i] = Some(key);
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        let whole = sha256_hex(&mut FileRange::new(file, 0, size));
-        if whole.is_err() {
-            failed.store(true, Ordering::Relaxed);
-        }
-        for w in workers {
-            w.join()
-                .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked")))?;
-        }
-        whole
-    })
-    .at(path)?;
-    let keys = keys
-        .into_inner()
-        .map_err(|_| PathError::new(path, io::Error::other("a hashing thread panicked")))?;
-    let keys = keys
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| PathError::new(path, io::Error::other("a chunk was not hashed")))?;
-    Ok((whole, keys))
-}
-
-/// Compress the chunks at `missing` (index, key) into the store on `jobs` threads.
+/// Compress the cells at `missing` (index, key) into the store on `jobs` threads.
 fn compress_missing(
-    file: &File,
-    path: &Path,
-    chunks: &[(u64, u64)],
+    image: &CowImage,
+    name: &Path,
+    cells: &[Cell],
     missing: &[(usize, &str)],
     store: &ChunkStore,
     jobs: usize,
@@ -399,10 +408,12 @@ fn compress_missing(
                         else {
                             return Ok(());
                         };
-                        let (start, len) = chunks[i];
-                        compress_chunk(file, path, start, len, store, key).inspect_err(|_| {
-                            failed.store(true, Ordering::Relaxed);
-                        })?;
+                        let c = cells[i];
+                        compress_chunk(image, name, c.offset, c.len, store, key).inspect_err(
+                            |_| {
+                                failed.store(true, Ordering::Relaxed);
+                            },
+                        )?;
                     }
                     Ok(())
                 })
@@ -410,15 +421,15 @@ fn compress_missing(
             .collect();
         workers.into_iter().try_for_each(|w| {
             w.join().unwrap_or_else(|_| {
-                Err(PathError::new(path, io::Error::other("a compressing thread panicked")).into())
+                Err(PathError::new(name, io::Error::other("a compressing thread panicked")).into())
             })
         })
     })
 }
 
 fn compress_chunk(
-    file: &File,
-    path: &Path,
+    image: &CowImage,
+    name: &Path,
     start: u64,
     len: u64,
     store: &ChunkStore,
@@ -426,14 +437,14 @@ fn compress_chunk(
 ) -> Result<(), ChunkError> {
     let mut out = PendingOutput::create(&store.path(key))?;
     let temp = out.temp_path().to_owned();
-    let mut src = BufReader::with_capacity(BUF, FileRange::new(file, start, len));
+    let mut src = BufReader::with_capacity(BUF, image.range(start, len));
     let mut dst = BufWriter::with_capacity(BUF, out.file());
     store
         .compression
         .encode(&mut src, len, &mut dst)
         .and_then(|()| dst.flush())
         .map_err(|source| ChunkError::Compress {
-            image: path.to_owned(),
+            image: name.to_owned(),
             start,
             end: start + len,
             chunk: temp,
@@ -473,6 +484,7 @@ fn assemble(keys: &[String], store: &ChunkStore, out: &Path) -> Result<(u64, Str
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::{BaseDigests, cells};
     use super::*;
 
     fn image(dir: &Path, bytes: &[u8]) -> PathBuf {
@@ -483,12 +495,7 @@ mod tests {
 
     fn decode(c: Codec, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let format = match c {
-            Codec::Xz => crate::image::Format::Xz,
-            Codec::Zstd => crate::image::Format::Zstd,
-            Codec::Gzip => crate::image::Format::Gzip,
-        };
-        crate::image::decoder(format, io::Cursor::new(data.to_vec()))
+        crate::image::decoder(c.format(), io::Cursor::new(data.to_vec()))
             .read_to_end(&mut out)
             .unwrap();
         out
@@ -512,12 +519,22 @@ mod tests {
             )
             .unwrap();
             let out = dir.path().join("out.img.x");
-            let first = compress_image(&path, &out, &store, 2).unwrap();
+            let img = CowImage::new(&path, dir.path()).unwrap();
+            let cells = cells(img.len(), &[], &[CHUNK_SIZE]);
+            let keys = BaseDigests::default()
+                .digests(&img, &path, &cells, 2)
+                .unwrap();
+            let compress = |jobs| compress_image(&img, &path, &cells, &keys, &out, &store, jobs);
+            let first = compress(2).unwrap();
             assert_eq!((first.chunks, first.compressed, first.reused), (4, 3, 0));
             let bytes = fs::read(&out).unwrap();
             assert_eq!(first.size, bytes.len() as u64);
             assert!(decode(codec, &bytes) == raw, "{codec:?} round trip");
-            let again = compress_image(&path, &out, &store, 1).unwrap();
+            assert_eq!(
+                first.raw_sha256,
+                crate::io::sha256_hex(&mut &raw[..]).unwrap()
+            );
+            let again = compress(1).unwrap();
             assert_eq!((again.compressed, again.reused), (0, 4));
             assert_eq!(again.sha256, first.sha256);
         }

@@ -52,30 +52,19 @@ pub fn write_index(
     entries: &[OsEntry],
     other_files: &[(String, String)],
 ) -> Result<(), DistError> {
-    let sums_path = dir.join(SHA256SUMS);
     let list_path = dir.join(OS_LIST);
-    let still_there = |file: &str| !file.contains('/') && dir.join(file).is_file();
-
-    let mut sums: BTreeMap<String, String> = read_sums(&sums_path)?
-        .into_iter()
-        .filter(|(file, _)| still_there(file))
-        .collect();
     let mut list: BTreeMap<String, OsEntry> = read_os_list(&list_path)?
         .into_iter()
-        .filter(|e| still_there(&e.url))
+        .filter(|e| still_there(dir, &e.url))
         .map(|e| (e.url.clone(), e))
         .collect();
+    let mut files = Vec::new();
     for e in entries {
-        sums.insert(e.url.clone(), e.image_download_sha256.clone());
+        files.push((e.url.clone(), e.image_download_sha256.clone()));
         list.insert(e.url.clone(), e.clone());
     }
-    sums.extend(other_files.iter().cloned());
-
-    let text: String = sums
-        .iter()
-        .map(|(file, sha)| sums::line(sha, file))
-        .collect();
-    write_atomic(&sums_path, text.as_bytes())?;
+    files.extend(other_files.iter().cloned());
+    write_sums(dir, &files)?;
     let json = serde_json::to_string_pretty(&OsList {
         os_list: list.into_values().collect(),
     })
@@ -84,6 +73,27 @@ pub fn write_index(
         reason: e.to_string(),
     })?;
     write_atomic(&list_path, format!("{json}\n").as_bytes())
+}
+
+/// Rewrite `<dir>/SHA256SUMS` with the (file, sha256) pairs of `files`, keeping the existing
+/// entries for other files that are still in `dir`; sorted by file name.
+pub fn write_sums(dir: &Path, files: &[(String, String)]) -> Result<(), DistError> {
+    let sums_path = dir.join(SHA256SUMS);
+    let mut sums: BTreeMap<String, String> = read_sums(&sums_path)?
+        .into_iter()
+        .filter(|(file, _)| still_there(dir, file))
+        .collect();
+    sums.extend(files.iter().cloned());
+    let text: String = sums
+        .iter()
+        .map(|(file, sha)| sums::line(sha, file))
+        .collect();
+    write_atomic(&sums_path, text.as_bytes())
+}
+
+/// Whether an index entry's file is (still) a file directly in `dir`.
+fn still_there(dir: &Path, file: &str) -> bool {
+    !file.contains('/') && dir.join(file).is_file()
 }
 
 /// Read the index files already in `dir`, if any, so that a broken one fails before anything

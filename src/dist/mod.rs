@@ -3,29 +3,33 @@
 //! `SHA256SUMS` (Ubuntu's format, `<sha256> *<file>`, covering both) and `os_list.json` (a
 //! Raspberry Pi Imager custom repository). `--shard K/N` builds every N-th node.
 //!
-//! Each node's raw image is built in a temp file beside its final name, compressed through the
-//! [`chunked`](crate::dist::chunks) chunk store and removed: the raw images do not stay in the output
-//! directory. The index files are rewritten after every run and keep the entries of artifacts
+//! Each node's image is built as a copy-on-write layer over the base ([`build::delta`]), never
+//! as a full raw copy: its chunks that equal the base's take their digests from the first node
+//! (see [`layout`]), and only chunks missing from the [`chunks`] store are compressed. The index files are rewritten after every run and keep the entries of artifacts
 //! built by earlier runs (other shards) whose files are still in the directory, so shards run one
 //! after another into one directory end with a complete index.
 
 pub mod chunks;
 pub mod index;
+pub mod layout;
 
 pub use self::index::{OS_LIST, OsEntry, SHA256SUMS, write_index};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sha2::Digest;
 
-use self::chunks::{ChunkError, ChunkStore, Compressed};
+use self::chunks::{CHUNK_SIZE, ChunkError, ChunkStore, Compressed};
+use self::layout::BaseDigests;
+use crate::build::delta::NodeDelta;
 use crate::build::{self, BuildError, BuildOptions};
 use crate::image::blockmap::BlockMap;
 use crate::image::blockmap::BlockMapError;
 use crate::image::bmap;
-use crate::io::PathError;
 use crate::io::calendar::UtcDateTime;
+use crate::io::{AtPath, PathError};
 use crate::plan::release::Release;
 use crate::profile::{Node, Profile, Target};
 
@@ -139,21 +143,25 @@ pub fn build_artifacts(
     let ext = store.compression().codec.extension();
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();
-    build::build_nodes_with::<DistError>(profile, nodes, opts, &mut |img| {
-        let out = opts.out_dir.join(format!("{}.img.{ext}", img.node));
-        // Dropping `img` afterwards removes the raw temp image.
-        let raw = img.output.temp_path();
-        let compressed = chunks::compress_image(raw, &out, store, jobs)?;
-        let bmap = opts.out_dir.join(format!("{}.img.bmap", img.node));
-        let bmap_sha256 = write_bmap(raw, &bmap)?;
+    let mut base_digests = BaseDigests::default();
+    build::delta::build_node_deltas::<DistError>(profile, nodes, opts, &mut |mut delta| {
+        let name = opts.out_dir.join(format!("{}.img", delta.node));
+        let changed = delta.image.changed_blocks().at(&name)?;
+        let cells = layout::cells(delta.image.len(), &changed, &[CHUNK_SIZE]);
+        let keys = base_digests.digests(&delta.image, &name, &cells, jobs)?;
+        let out = opts.out_dir.join(format!("{}.img.{ext}", delta.node));
+        let compressed =
+            chunks::compress_image(&delta.image, &name, &cells, &keys, &out, store, jobs)?;
+        let bmap = opts.out_dir.join(format!("{}.img.bmap", delta.node));
+        let bmap_sha256 = write_bmap(&mut delta, &name, &bmap)?;
         let artifact = Artifact {
-            node: img.node,
+            node: delta.node,
             compressed,
             bmap,
             bmap_sha256,
             elapsed: since.elapsed(),
-            target: img.target,
-            release: img.release,
+            target: delta.target,
+            release: delta.release,
         };
         report(&artifact);
         artifacts.push(artifact);
@@ -172,12 +180,19 @@ pub fn build_artifacts(
     Ok(artifacts)
 }
 
-/// Write the block map of the raw image `raw` to `out`; returns its sha256.
-fn write_bmap(raw: &Path, out: &Path) -> Result<String, DistError> {
-    let map = BlockMap::of_image(raw)?;
+/// Write the block map of the node's image (named `name` in errors) to `out`; returns its
+/// sha256.
+fn write_bmap(delta: &mut NodeDelta, name: &Path, out: &Path) -> Result<String, DistError> {
+    let (root_start, allocation) = (delta.root_start, Arc::clone(&delta.root_allocation));
+    let len = delta.image.len();
+    let map = BlockMap::of_layers(&mut delta.image, name, len, &|p| {
+        Ok((p.start == root_start)
+            .then(|| (*allocation).clone())
+            .flatten())
+    })?;
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
-    bmap::write(&map, raw, &mut text)?;
+    bmap::write(&map, &mut delta.image, name, &mut text)?;
     index::write_atomic(out, &text)?;
     Ok(crate::io::hex(&sha2::Sha256::digest(&text)))
 }

@@ -1,0 +1,414 @@
+//! A disk image as a base file plus the blocks written over it (copy on write), so that a node's
+//! image can be edited, read and measured without copying the base: only the blocks an edit
+//! touches are stored, in an unlinked temp file.
+//!
+//! A [`CowImage`] can sit on another, frozen one ([`CowImage::over`]): a node's boot edits over
+//! the root filesystem edits it shares with other nodes, over the base. [`CowImage::changed_blocks`]
+//! says which blocks differ from the base, which is all a release needs to know to reuse the
+//! rest.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The unit of copying and of change tracking: 4 KiB, the block size of the filesystems inside.
+pub const COW_BLOCK: u64 = 4096;
+
+/// A disk image being edited: bytes that can be read, written, and resized (the GPT conversion
+/// grows an image by its backup table).
+pub trait ImageFile: Read + Write + Seek + std::fmt::Debug {
+    /// The image's length in bytes.
+    fn image_len(&mut self) -> io::Result<u64>;
+    /// Make the image `len` bytes long; new bytes read as zero.
+    fn set_image_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl ImageFile for File {
+    fn image_len(&mut self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn set_image_len(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+/// The base image every layer ends in: read only, zeros past its end.
+#[derive(Debug)]
+struct Base {
+    file: File,
+    len: u64,
+}
+
+impl Base {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let inside = usize::try_from(self.len.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.file.read_exact_at(&mut buf[..inside], offset)?;
+        buf[inside..].fill(0);
+        Ok(())
+    }
+}
+
+/// An image: the blocks written to it, over a lower layer (another, frozen image, or the base).
+#[derive(Debug)]
+pub struct CowImage {
+    base: Arc<Base>,
+    lower: Option<Arc<CowImage>>,
+    len: u64,
+    /// Block number → where the block's bytes are in `store`.
+    blocks: BTreeMap<u64, u64>,
+    /// The written blocks, one after another; unlinked, so it goes away with the value.
+    store: File,
+    pos: u64,
+}
+
+impl CowImage {
+    /// An image equal to the file at `base` (which is only ever read), its written blocks kept
+    /// in a temp file created in `temp_dir`.
+    pub fn new(base: &Path, temp_dir: &Path) -> io::Result<CowImage> {
+        let file = File::open(base)?;
+        let len = file.metadata()?.len();
+        Ok(CowImage {
+            base: Arc::new(Base { file, len }),
+            lower: None,
+            len,
+            blocks: BTreeMap::new(),
+            store: unlinked_temp(temp_dir)?,
+            pos: 0,
+        })
+    }
+
+    /// An image equal to `lower` (frozen: nothing writes to it any more), its own written blocks
+    /// kept in a temp file created in `temp_dir`.
+    pub fn over(lower: Arc<CowImage>, temp_dir: &Path) -> io::Result<CowImage> {
+        Ok(CowImage {
+            base: Arc::clone(&lower.base),
+            len: lower.len,
+            lower: Some(lower),
+            blocks: BTreeMap::new(),
+            store: unlinked_temp(temp_dir)?,
+            pos: 0,
+        })
+    }
+
+    /// The image's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty image.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The base's length in bytes.
+    pub fn base_len(&self) -> u64 {
+        self.base.len
+    }
+
+    /// Fill `buf` with the image's bytes from `offset`; reading past the end is an error.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset.saturating_add(buf.len() as u64) > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "bytes {offset}..{} are past the image's end at {}",
+                    offset + buf.len() as u64,
+                    self.len
+                ),
+            ));
+        }
+        self.read_layers(buf, offset)
+    }
+
+    /// A reader of `len` bytes of the image from `offset`, with positioned reads (threads can
+    /// share the image).
+    pub fn range(&self, offset: u64, len: u64) -> CowRange<'_> {
+        CowRange {
+            image: self,
+            pos: offset,
+            end: offset.saturating_add(len),
+        }
+    }
+
+    /// Read through this layer, the lower ones and the base (zeros past the base's end).
+    fn read_layers(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let block = at / COW_BLOCK;
+            let within = at % COW_BLOCK;
+            let n = usize::try_from(COW_BLOCK - within)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - done);
+            let part = &mut buf[done..done + n];
+            match self.blocks.get(&block) {
+                Some(&stored) => self.store.read_exact_at(part, stored + within)?,
+                None => match &self.lower {
+                    Some(lower) => lower.read_layers(part, at)?,
+                    None => self.base.read_at(part, at)?,
+                },
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset`, copying each block it touches into this layer first.
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        let mut block_buf = vec![0u8; COW_BLOCK as usize];
+        while done < data.len() {
+            let at = offset + done as u64;
+            let block = at / COW_BLOCK;
+            let within = at % COW_BLOCK;
+            let n = usize::try_from(COW_BLOCK - within)
+                .unwrap_or(usize::MAX)
+                .min(data.len() - done);
+            let stored = match self.blocks.get(&block) {
+                Some(&s) => s,
+                None => {
+                    // The block as it was, from the layers below, unless it is overwritten whole.
+                    if n as u64 != COW_BLOCK {
+                        match &self.lower {
+                            Some(lower) => lower.read_layers(&mut block_buf, block * COW_BLOCK)?,
+                            None => self.base.read_at(&mut block_buf, block * COW_BLOCK)?,
+                        }
+                    }
+                    let s = self.blocks.len() as u64 * COW_BLOCK;
+                    self.store.write_all_at(&block_buf, s)?;
+                    self.blocks.insert(block, s);
+                    s
+                }
+            };
+            self.store
+                .write_all_at(&data[done..done + n], stored + within)?;
+            done += n;
+        }
+        self.len = self.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+
+    /// The blocks (numbers) written in this layer or the ones below, in order.
+    fn written_blocks(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self.blocks.keys().copied().collect();
+        if let Some(lower) = &self.lower {
+            all.extend(lower.written_blocks());
+            all.sort_unstable();
+            all.dedup();
+        }
+        all
+    }
+
+    /// The blocks (numbers) whose bytes differ from the base's, in order: written blocks whose
+    /// content changed, and every block reaching past the base's end. Blocks never written are
+    /// the base's, so only written ones are compared.
+    pub fn changed_blocks(&self) -> io::Result<Vec<u64>> {
+        let mut changed = Vec::new();
+        let mut mine = vec![0u8; COW_BLOCK as usize];
+        let mut base = vec![0u8; COW_BLOCK as usize];
+        for block in self.written_blocks() {
+            let start = block * COW_BLOCK;
+            if start >= self.len {
+                continue;
+            }
+            let end = (start + COW_BLOCK).min(self.len);
+            if end > self.base.len {
+                changed.push(block);
+                continue;
+            }
+            let n = (end - start) as usize;
+            self.read_layers(&mut mine[..n], start)?;
+            self.base.read_at(&mut base[..n], start)?;
+            if mine[..n] != base[..n] {
+                changed.push(block);
+            }
+        }
+        if self.len > self.base.len {
+            changed.extend(self.base.len / COW_BLOCK..self.len.div_ceil(COW_BLOCK));
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        Ok(changed)
+    }
+}
+
+/// Bytes `[pos, end)` of a [`CowImage`]; reading past the image's end is an error.
+#[derive(Debug)]
+pub struct CowRange<'a> {
+    image: &'a CowImage,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for CowRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = usize::try_from(self.end - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.image.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Read for CowImage {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = usize::try_from(self.len.saturating_sub(self.pos))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.read_layers(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for CowImage {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_at(buf, self.pos)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for CowImage {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the image's start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+impl ImageFile for CowImage {
+    fn image_len(&mut self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+
+    /// Growing only: the bytes past the old end read as zero (written blocks there are zeroed
+    /// first, in case the image was written past the base and then shrunk, which nothing does).
+    fn set_image_len(&mut self, len: u64) -> io::Result<()> {
+        if len < self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "a copy-on-write image only grows (from {} to {len} bytes asked)",
+                    self.len
+                ),
+            ));
+        }
+        let old = self.len;
+        self.len = len;
+        // Bytes between the old end and the next block boundary may hold base bytes.
+        let edge = old.div_ceil(COW_BLOCK) * COW_BLOCK;
+        if old < edge.min(len) && old < self.base.len {
+            let zeros = vec![0u8; (edge.min(len) - old) as usize];
+            self.write_at(&zeros, old)?;
+        }
+        Ok(())
+    }
+}
+
+/// A temp file created exclusively in `dir` and unlinked at once: it lives as long as the handle,
+/// also when the process is interrupted.
+fn unlinked_temp(dir: &Path) -> io::Result<File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".pi-image-cow.{}.{n}.tmp", std::process::id()));
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => {
+                std::fs::remove_file(&path)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path, len: usize) -> (std::path::PathBuf, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let path = dir.join("base.img");
+        std::fs::write(&path, &bytes).unwrap();
+        (path, bytes)
+    }
+
+    #[test]
+    fn writes_stay_in_the_layer_and_reads_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut expected) = base(dir.path(), 5 * COW_BLOCK as usize + 100);
+        let mut img = CowImage::new(&path, dir.path()).unwrap();
+        // Across a block boundary, and an unchanged write (same bytes as the base).
+        img.seek(SeekFrom::Start(4090)).unwrap();
+        img.write_all(b"0123456789").unwrap();
+        expected[4090..4100].copy_from_slice(b"0123456789");
+        let same = expected[3 * 4096..3 * 4096 + 10].to_vec();
+        img.seek(SeekFrom::Start(3 * 4096)).unwrap();
+        img.write_all(&same).unwrap();
+        let mut all = Vec::new();
+        img.seek(SeekFrom::Start(0)).unwrap();
+        img.read_to_end(&mut all).unwrap();
+        assert!(all == expected);
+        assert_eq!(img.changed_blocks().unwrap(), vec![0, 1]);
+        // The base file is untouched; only the temp file (already unlinked) holds the writes.
+        assert_eq!(
+            std::fs::read(&path).unwrap()[4090..4100],
+            base(dir.path(), 5 * 4096 + 100).1[4090..4100]
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn layers_stack_and_growth_reads_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut expected) = base(dir.path(), 3 * COW_BLOCK as usize + 10);
+        let mut lower = CowImage::new(&path, dir.path()).unwrap();
+        lower.seek(SeekFrom::Start(8192)).unwrap();
+        lower.write_all(b"lower").unwrap();
+        expected[8192..8197].copy_from_slice(b"lower");
+        let lower = Arc::new(lower);
+        let mut top = CowImage::over(Arc::clone(&lower), dir.path()).unwrap();
+        top.seek(SeekFrom::Start(1)).unwrap();
+        top.write_all(b"top").unwrap();
+        expected[1..4].copy_from_slice(b"top");
+        top.set_image_len(5 * COW_BLOCK).unwrap();
+        expected.resize(5 * COW_BLOCK as usize, 0);
+        top.seek(SeekFrom::End(-2)).unwrap();
+        top.write_all(b"!!").unwrap();
+        let n = expected.len();
+        expected[n - 2..].copy_from_slice(b"!!");
+        let mut all = vec![0u8; expected.len()];
+        top.read_at(&mut all, 0).unwrap();
+        assert!(all == expected);
+        // Past the base's end counts as changed: blocks 3 (partly past it) and 4.
+        assert_eq!(top.changed_blocks().unwrap(), vec![0, 2, 3, 4]);
+        assert_eq!(lower.changed_blocks().unwrap(), vec![2]);
+        assert!(top.read_at(&mut [0u8; 2], 5 * COW_BLOCK - 1).is_err());
+        assert!(top.set_image_len(10).is_err());
+    }
+}
