@@ -1,9 +1,12 @@
-//! `pi-image build`: node images, or with `--compress` release artifacts.
+//! `pi-image build`: node images, or with `--compress` release artifacts, or with `--chunked` a
+//! shared-chunk release.
 
 use crate::base::cache::Cache;
 use crate::build::{self, BuildOptions};
 use crate::cli::{BuildArgs, Global};
-use crate::dist::chunks::{ChunkStore, Compression};
+use crate::dist::chunks::{ChunkStore, Codec, Compression};
+use crate::dist::nodeindex::CHUNKS_DIR;
+use crate::dist::shared::{self, SharedNode, SharedOptions};
 use crate::dist::{self, Artifact};
 
 /// Build the nodes asked for into `--out`.
@@ -21,8 +24,12 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
             .map(|name| super::find_node(&profile, name))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let compression = args
-        .compress
+    // --chunked compresses its chunks too, with xz unless --compress says otherwise.
+    let codec = match args.chunked {
+        true => Some(args.compress.unwrap_or(Codec::Xz)),
+        false => args.compress,
+    };
+    let compression = codec
         .map(|c| Compression::new(c, args.level).map_err(|e| anyhow::anyhow!("--level: {e}")))
         .transpose()?;
     let mut base = super::resolve_base(&profile, args.base, global, &args.fetch)?;
@@ -45,14 +52,30 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    // The chunk store is part of the cache: its lock is held while chunks are written.
-    let cache = Cache::open_or_default(global.cache_dir())?;
-    base.hold_cache_lock(&cache)?;
-    let store = ChunkStore::open(cache.dir(), compression)?;
     let jobs = match args.jobs {
         Some(j) => j as usize,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    if args.chunked {
+        let shared = SharedOptions {
+            compression,
+            jobs,
+            image_sha256: args.image_sha256,
+        };
+        let written =
+            shared::build_shared_release(&profile, &nodes, &opts, &shared, &mut print_shared)?;
+        println!(
+            "{} updated: {} nodes, chunks in {}",
+            opts.out_dir.join(dist::SHA256SUMS).display(),
+            written.len(),
+            opts.out_dir.join(CHUNKS_DIR).display()
+        );
+        return Ok(());
+    }
+    // The chunk store is part of the cache: its lock is held while chunks are written.
+    let cache = Cache::open_or_default(global.cache_dir())?;
+    base.hold_cache_lock(&cache)?;
+    let store = ChunkStore::open(cache.dir(), compression)?;
     dist::build_artifacts(&profile, &nodes, &opts, &store, jobs, &mut print_artifact)?;
     println!(
         "{}, {} updated",
@@ -60,6 +83,23 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
         opts.out_dir.join(dist::OS_LIST).display()
     );
     Ok(())
+}
+
+/// One line per node as its index is written.
+fn print_shared(n: &SharedNode) {
+    println!(
+        "{:<8} {}  {} MiB  chunks {}: {} new ({:.1} KiB)  {}{:.2} s",
+        n.node,
+        n.index.display(),
+        n.image_size >> 20,
+        n.chunks,
+        n.new_chunks,
+        n.new_bytes as f64 / 1024.0,
+        n.image_sha256
+            .as_ref()
+            .map_or(String::new(), |s| format!("sha256 {s}  ")),
+        n.elapsed.as_secs_f64()
+    );
 }
 
 /// One line per node as its artifact is done.

@@ -8,6 +8,7 @@ use anyhow::bail;
 use crate::base::cache::Cache;
 use crate::build::{self, BuildOptions};
 use crate::cli::{FlashArgs, Global, VerifyArgs};
+use crate::dist::reader::ReleaseImage;
 use crate::flash::devices::{self, SysRoot};
 use crate::flash::{self, FlashOptions, Job, Source, Target};
 use crate::io::AtPath;
@@ -17,7 +18,7 @@ use crate::profile::{Node, Profile};
 pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
     // Built node images (and the cache lock of their base) live until flashing is done.
     let mut _built = None;
-    let mut pairs: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+    let mut pairs: Vec<(Source, Vec<PathBuf>)> = Vec::new();
     if args.node.is_empty() {
         let Some((image, devs)) = args.args.split_first() else {
             bail!("flash: give IMAGE DEVICE [DEVICE...], or --node NODE DEVICE");
@@ -25,7 +26,18 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
         if devs.is_empty() {
             bail!("flash: no DEVICE given after {}", image.display());
         }
-        pairs.push((image.clone(), devs.to_vec()));
+        pairs.push((Source::open(image)?, devs.to_vec()));
+    } else if let Some(dir) = &args.release {
+        if let Some(image) = args.args.first() {
+            bail!(
+                "flash: with --release DIR --node NODE DEVICE give no IMAGE (got {})",
+                image.display()
+            );
+        }
+        for pair in args.node.chunks(2) {
+            let image = ReleaseImage::open(dir, &pair[0])?;
+            pairs.push((Source::release(image), vec![PathBuf::from(&pair[1])]));
+        }
     } else {
         if let Some(image) = args.args.first() {
             bail!(
@@ -49,7 +61,7 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
             super::source_date_epoch()?,
         )?;
         for ((_, image), pair) in images.images.iter().zip(args.node.chunks(2)) {
-            pairs.push((image.clone(), vec![PathBuf::from(&pair[1])]));
+            pairs.push((Source::open(image)?, vec![PathBuf::from(&pair[1])]));
         }
         _built = Some((images, base));
     }
@@ -63,13 +75,19 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
     }
     let root = SysRoot::new(args.sys.sys_root);
     let mut jobs = Vec::new();
-    for (image, devs) in pairs {
-        let mut source = Source::open(&image)?;
+    for (mut source, devs) in pairs {
+        let image = source.path.clone();
         if source.map.is_none() && !args.to_file {
-            eprintln!(
-                "pi-image: no .bmap beside {}: reading it once to learn its size, then writing every block (`pi-image bmap` on the raw image avoids both)",
-                image.display()
-            );
+            match source.release {
+                Some(_) => eprintln!(
+                    "pi-image: {} has no block map: writing every block of the image",
+                    image.display()
+                ),
+                None => eprintln!(
+                    "pi-image: no .bmap beside {}: reading it once to learn its size, then writing every block (`pi-image bmap` on the raw image avoids both)",
+                    image.display()
+                ),
+            }
         }
         let size = if args.to_file {
             source.size.unwrap_or(0)

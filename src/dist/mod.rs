@@ -12,6 +12,9 @@
 pub mod chunks;
 pub mod index;
 pub mod layout;
+pub mod nodeindex;
+pub mod reader;
+pub mod shared;
 
 pub use self::index::{OS_LIST, OsEntry, SHA256SUMS, write_index};
 

@@ -1,12 +1,14 @@
 //! The image to flash: opening it (raw, or `.xz`/`.gz`/`.zst` judged by content), finding its
 //! block map (a `.bmap` beside it, else one made from a raw image's filesystems) and streaming
-//! its raw bytes for the reader and for locating a verification mismatch.
+//! its raw bytes for the reader and for locating a verification mismatch. A node's image in a
+//! shared-chunk release is a source too: its bytes come from the release's checked chunks.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::{FlashError, PIECE_SIZE};
+use crate::dist::reader::ReleaseImage;
 use crate::image::blockmap::BlockMap;
 use crate::image::{self, Format, bmap};
 use crate::io::{AtPath, read_full};
@@ -26,6 +28,9 @@ pub struct Source {
     pub bmap_path: Option<PathBuf>,
     /// The raw image's size, when known before reading it all.
     pub size: Option<u64>,
+    /// The node image of a shared-chunk release whose chunks give the bytes (`path` is then
+    /// its index).
+    pub release: Option<ReleaseImage>,
 }
 
 impl Source {
@@ -71,7 +76,22 @@ impl Source {
             map,
             bmap_path,
             size,
+            release: None,
         })
+    }
+
+    /// A node's image in a shared-chunk release: its size from the index, no block map (every
+    /// block is written; to a new file only the non-zero ones), its bytes checked chunk by
+    /// chunk as they are read.
+    pub fn release(image: ReleaseImage) -> Source {
+        Source {
+            path: image.index_path().to_owned(),
+            format: Format::Raw,
+            map: None,
+            bmap_path: None,
+            size: Some(image.size()),
+            release: Some(image),
+        }
     }
 
     /// The raw image's size, decompressing the whole image once to count it if no `.bmap`
@@ -96,6 +116,9 @@ impl Source {
 
     /// The image as a stream of raw bytes.
     pub(super) fn stream(&self) -> Result<Stream, FlashError> {
+        if let Some(release) = &self.release {
+            return Ok(Stream::Decoded(Box::new(release.reader()), 0));
+        }
         let file = File::open(&self.path).at(&self.path)?;
         Ok(match self.format {
             Format::Raw => Stream::Raw(file),
