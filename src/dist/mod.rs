@@ -20,7 +20,6 @@ pub use self::index::{OS_LIST, OsEntry, SHA256SUMS, write_index};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use sha2::Digest;
 
@@ -147,16 +146,28 @@ pub fn build_artifacts(
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();
     let mut base_digests = BaseDigests::default();
-    build::delta::build_node_deltas::<DistError>(profile, nodes, opts, &mut |mut delta| {
+    build::delta::build_node_deltas::<DistError>(profile, nodes, opts, &mut |delta| {
         let name = opts.out_dir.join(format!("{}.img", delta.node));
         let changed = delta.image.changed_blocks().at(&name)?;
         let cells = layout::cells(delta.image.len(), &changed, &[CHUNK_SIZE]);
         let keys = base_digests.digests(&delta.image, &name, &cells, jobs)?;
         let out = opts.out_dir.join(format!("{}.img.{ext}", delta.node));
-        let compressed =
-            chunks::compress_image(&delta.image, &name, &cells, &keys, &out, store, jobs)?;
         let bmap = opts.out_dir.join(format!("{}.img.bmap", delta.node));
-        let bmap_sha256 = write_bmap(&mut delta, &name, &bmap)?;
+        // The block map's checksums read the image while the compressed file is assembled.
+        let (compressed, bmap_sha256) = std::thread::scope(|s| {
+            let mapped = s.spawn(|| write_bmap(&delta, &name, &bmap));
+            let compressed =
+                chunks::compress_image(&delta.image, &name, &cells, &keys, &out, store, jobs);
+            let mapped = mapped.join().unwrap_or_else(|_| {
+                Err(PathError::new(
+                    &bmap,
+                    std::io::Error::other("the block map thread panicked"),
+                )
+                .into())
+            });
+            (compressed, mapped)
+        });
+        let (compressed, bmap_sha256) = (compressed?, bmap_sha256?);
         let artifact = Artifact {
             node: delta.node,
             compressed,
@@ -185,17 +196,17 @@ pub fn build_artifacts(
 
 /// Write the block map of the node's image (named `name` in errors) to `out`; returns its
 /// sha256.
-fn write_bmap(delta: &mut NodeDelta, name: &Path, out: &Path) -> Result<String, DistError> {
-    let (root_start, allocation) = (delta.root_start, Arc::clone(&delta.root_allocation));
+fn write_bmap(delta: &NodeDelta, name: &Path, out: &Path) -> Result<String, DistError> {
+    let allocation = &delta.root_allocation;
     let len = delta.image.len();
-    let map = BlockMap::of_layers(&mut delta.image, name, len, &|p| {
-        Ok((p.start == root_start)
-            .then(|| (*allocation).clone())
+    let map = BlockMap::of_layers(&mut delta.image.cursor(), name, len, &|p| {
+        Ok((p.start == delta.root_start)
+            .then(|| (**allocation).clone())
             .flatten())
     })?;
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
-    bmap::write(&map, &mut delta.image, name, &mut text)?;
+    bmap::write(&map, &mut delta.image.cursor(), name, &mut text)?;
     index::write_atomic(out, &text)?;
     Ok(crate::io::hex(&sha2::Sha256::digest(&text)))
 }

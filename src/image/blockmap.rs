@@ -18,7 +18,7 @@ use sha2::Digest;
 
 use crate::image::Format;
 use crate::image::bootfs;
-use crate::image::cow::CowImage;
+use crate::image::cow::{CowCursor, CowImage};
 use crate::image::ext4::{Ext4Error, Ext4Fs};
 use crate::image::partition::{Content, Partition, PartitionError, PartitionTable, TableKind};
 use crate::io::{AtPath, PathError, hex, read_full};
@@ -314,6 +314,8 @@ impl Mappable for File {
 }
 
 impl Mappable for CowImage {}
+
+impl Mappable for CowCursor<'_> {}
 
 /// Sort, align outward to `align`, clamp to `size` and merge overlapping or touching ranges.
 fn normalize(mut ranges: Vec<Range<u64>>, align: u64, size: u64) -> Vec<Range<u64>> {

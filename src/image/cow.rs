@@ -127,33 +127,50 @@ impl CowImage {
         self.read_layers(buf, offset)
     }
 
-    /// A reader of `len` bytes of the image from `offset`, with positioned reads (threads can
-    /// share the image).
-    pub fn range(&self, offset: u64, len: u64) -> CowRange<'_> {
-        CowRange {
+    /// A read-only cursor on the image, with positioned reads: threads can each have one.
+    pub fn cursor(&self) -> CowCursor<'_> {
+        CowCursor {
             image: self,
-            pos: offset,
-            end: offset.saturating_add(len),
+            pos: 0,
         }
     }
 
-    /// Read through this layer, the lower ones and the base (zeros past the base's end).
+    /// A reader of `len` bytes of the image from `offset`; reading past the image's end is an
+    /// error.
+    pub fn range(&self, offset: u64, len: u64) -> io::Take<CowCursor<'_>> {
+        CowCursor {
+            image: self,
+            pos: offset,
+        }
+        .take(len)
+    }
+
+    /// Read through this layer, the lower ones and the base (zeros past the base's end). Runs
+    /// of blocks this layer does not hold are read from below in one go.
     fn read_layers(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
             let block = at / COW_BLOCK;
-            let within = at % COW_BLOCK;
-            let n = usize::try_from(COW_BLOCK - within)
-                .unwrap_or(usize::MAX)
-                .min(buf.len() - done);
+            let left = buf.len() - done;
+            let (n, stored) = match self.blocks.range(block..).next() {
+                Some((&b, &stored)) if b == block => {
+                    let within = at % COW_BLOCK;
+                    let n = usize::try_from(COW_BLOCK - within).map_or(left, |n| n.min(left));
+                    (n, Some(stored + within))
+                }
+                // Up to the next block this layer holds, or the end of the request.
+                Some((&next, _)) => {
+                    let n = usize::try_from(next * COW_BLOCK - at).map_or(left, |n| n.min(left));
+                    (n, None)
+                }
+                None => (left, None),
+            };
             let part = &mut buf[done..done + n];
-            match self.blocks.get(&block) {
-                Some(&stored) => self.store.read_exact_at(part, stored + within)?,
-                None => match &self.lower {
-                    Some(lower) => lower.read_layers(part, at)?,
-                    None => self.base.read_at(part, at)?,
-                },
+            match (stored, &self.lower) {
+                (Some(pos), _) => self.store.read_exact_at(part, pos)?,
+                (None, Some(lower)) => lower.read_layers(part, at)?,
+                (None, None) => self.base.read_at(part, at)?,
             }
             done += n;
         }
@@ -239,23 +256,61 @@ impl CowImage {
     }
 }
 
-/// Bytes `[pos, end)` of a [`CowImage`]; reading past the image's end is an error.
+/// A read-only cursor on a [`CowImage`] (see [`CowImage::cursor`]); writing is an error.
 #[derive(Debug)]
-pub struct CowRange<'a> {
+pub struct CowCursor<'a> {
     image: &'a CowImage,
     pos: u64,
-    end: u64,
 }
 
-impl Read for CowRange<'_> {
+impl Read for CowCursor<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = usize::try_from(self.end - self.pos)
+        let n = usize::try_from(self.image.len.saturating_sub(self.pos))
             .unwrap_or(usize::MAX)
             .min(buf.len());
-        self.image.read_at(&mut buf[..n], self.pos)?;
+        if n < buf.len() && self.pos > self.image.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "byte {} is past the image's end at {}",
+                    self.pos, self.image.len
+                ),
+            ));
+        }
+        self.image.read_layers(&mut buf[..n], self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
+}
+
+impl Seek for CowCursor<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.pos = seek_to(to, self.pos, self.image.len)?;
+        Ok(self.pos)
+    }
+}
+
+impl Write for CowCursor<'_> {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "a cursor on a copy-on-write image only reads",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The position `to` leads to from `pos` in an image of `len` bytes.
+fn seek_to(to: SeekFrom, pos: u64, len: u64) -> io::Result<u64> {
+    match to {
+        SeekFrom::Start(p) => Some(p),
+        SeekFrom::End(d) => len.checked_add_signed(d),
+        SeekFrom::Current(d) => pos.checked_add_signed(d),
+    }
+    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the image's start"))
 }
 
 impl Read for CowImage {
@@ -283,14 +338,7 @@ impl Write for CowImage {
 
 impl Seek for CowImage {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = pos.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the image's start")
-        })?;
+        self.pos = seek_to(to, self.pos, self.len)?;
         Ok(self.pos)
     }
 }
