@@ -3,19 +3,17 @@
 # naive pipeline a user would script (per node: copy the base and patch it, i.e. our raw
 # `pi-image build --node`, then `xz -T2 -6`), side by side in one run. Prints both times, their
 # ratio, the cost of each node after the first, the size against one single-stream `xz -6` of
-# the same image, pi-image's peak RSS, and the raw build time against `cp --sparse=always` of the
-# base; writes the table to its section of bench/RESULTS.md. Not a test: numbers only.
+# the same image and pi-image's peak RSS; records the table in bench/RESULTS.md (the raw build
+# against `cp --sparse=always` is bench/build.sh's). Not a test: numbers only.
 #
 # BENCH_SIZE_GB (default 3) is the image size (bench/make-image.sh); two thirds of it is data in
 # the ext4 root, the rest boot partition and free space. The full size takes long on two cores
 # (the naive pipeline compresses the whole image five times).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 SIZE_GB=${BENCH_SIZE_GB:-3}
 THREADS=${XZ_THREADS:-2}
 
-cargo build --release --locked --quiet
-bin="$PWD/${CARGO_TARGET_DIR:-target}/release/pi-image"
 nodes=(pi1 pi2 pi3 pi4 pi5)
 
 work=$(mktemp -d)
@@ -29,13 +27,8 @@ data_mb=$((size_mb * 2 / 3))
 bench/make-image.sh "$SIZE_GB" "$work/bench.img"
 base="$work/bench.img"
 
-# --- raw build against cp --sparse=always of the base ---------------------------------------
-cat "$base" >/dev/null # both read the base from the page cache
-sync
-t=$(now); cp --sparse=always "$base" "$work/cp.img"; sync; cp_s=$(since "$t")
-rm "$work/cp.img"
-t=$(now); "$bin" build --node pi1 --base "$base" --out "$work/rawbuild" >/dev/null; sync; raw_s=$(since "$t")
-raw_bytes=$(stat -c %s "$work/rawbuild/pi1.img")
+# --- one raw node, for the size comparison ---------------------------------------------------
+"$bin" build --node pi1 --base "$base" --out "$work/rawbuild" >/dev/null
 
 # --- single-stream xz -6 of one node, for the size comparison --------------------------------
 echo "bench: xz -6 -T1 of pi1 (single stream, for the size ratio)"
@@ -74,8 +67,6 @@ extra_s=$(printf '%s\n' "${node_s[@]:1}" | awk '{s+=$1} END {printf "%.2f", s/NR
 
 ratio() { printf '%.3f' "$(echo "$1 / $2" | bc -l)"; }
 secs() { printf '%.1f' "$1"; }
-cores=$(nproc)
-date=$(date -u +%Y-%m-%d)
 table=$(cat <<EOF
 | measure | value | target |
 |---|---|---|
@@ -91,18 +82,10 @@ table=$(cat <<EOF
 | pi1.img.xz size: single-stream \`xz -6 -T1\` | ${single_bytes} B | |
 | size, pi-image / single stream | $(ratio "$ours_bytes" "$single_bytes") | < 1.02 |
 | size, naive \`xz -T$THREADS -6\` / single stream | $(ratio "$naive_bytes" "$single_bytes") | |
-| raw build of one node (\`build --node pi1\`, ${raw_bytes} B) | $(secs "$raw_s") s | |
-| \`cp --sparse=always\` of the base | $(secs "$cp_s") s | |
-| raw build / cp | $(ratio "$raw_s" "$cp_s") | ≤ 1.1 |
 EOF
 )
 echo
 echo "$table"
-{
-  echo "# make bench: release artifacts (bench/release.sh)"
-  echo
-  echo "$date, $cores cores, BENCH_SIZE_GB=$SIZE_GB. Regenerate with \`BENCH_SIZE_GB=$SIZE_GB bench/release.sh\`."
-  echo
-  echo "$table"
-} | bench/record.sh release
-echo "bench: written to bench/RESULTS.md (section release)"
+record bench/release.sh "BENCH_SIZE_GB=$SIZE_GB.
+
+$table"

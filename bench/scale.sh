@@ -11,16 +11,13 @@
 # Each run starts with an empty output directory and chunk cache. SCALE_BASE=IMG uses an existing
 # image instead of making one. Not a test: numbers only.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 SIZE_GB=${SCALE_SIZE_GB:-1}
 NODES=${SCALE_NODES:-1000}
 FEW=5
 
-cargo build --release --locked --quiet
-bin="$PWD/${CARGO_TARGET_DIR:-target}/release/pi-image"
 work=$(mktemp -d "${TMPDIR:-/tmp}/scale.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [ -n "${SCALE_BASE:-}" ]; then
   base=$SCALE_BASE
@@ -74,7 +71,6 @@ run() {
 }
 mean_rest() { tail -n +2 "$1" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
 max_rest() { tail -n +2 "$1" | sort -g | tail -1; }
-ratio() { printf '%.3f' "$(echo "$1 / $2" | bc -l)"; }
 mib() { printf '%.1f' "$(echo "$1 / 1048576" | bc -l)"; }
 
 few=$(profile "$FEW")
@@ -104,7 +100,6 @@ rm -rf "$work/zstd3-few"
 per_node=$(echo "($many_wall - $many_first) / ($NODES - 1)" | bc -l)
 size_per_node=$(echo "($many_size - $one_image) / ($NODES - 1)" | bc -l)
 size_per_node_few=$(echo "($many_size - $few_size) / ($NODES - $FEW)" | bc -l)
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 table=$(cat <<EOF
 | measure | value | target |
 |---|---|---|
@@ -126,11 +121,6 @@ EOF
 )
 echo
 echo "$table"
-{
-  echo "# make bench: large clusters (bench/scale.sh)"
-  echo
-  echo "$(date -u +%Y-%m-%d), $(nproc) cores, SCALE_SIZE_GB=$SIZE_GB, SCALE_NODES=$NODES; load average before $load_before, after $load_after. Regenerate with \`SCALE_SIZE_GB=$SIZE_GB SCALE_NODES=$NODES bench/scale.sh\`."
-  echo
-  echo "$table"
-} | bench/record.sh scale
-echo "bench: written to bench/RESULTS.md (section scale)"
+record bench/scale.sh "SCALE_SIZE_GB=$SIZE_GB SCALE_NODES=$NODES (\`SCALE_SIZE_GB=$SIZE_GB SCALE_NODES=$NODES bench/scale.sh\`).
+
+$table"

@@ -11,7 +11,7 @@ use crate::dist::chunks::Codec;
 
 /// Turn the stock Ubuntu Raspberry Pi image into per-node, ready-to-boot images for a cluster.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = EXIT_STATUS)]
 pub struct Cli {
     /// Options every subcommand takes.
     #[command(flatten)]
@@ -20,6 +20,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The exit statuses, shown under `pi-image --help` and in the man page.
+const EXIT_STATUS: &str = "\
+Exit status: 0 success, 1 error, 2 usage error (bad arguments), 3 `verify` found a difference.
+
+Example:
+  $ pi-image build --node pi3 && sudo pi-image flash /dev/sdb";
 
 /// Options every subcommand takes.
 #[derive(Args)]
@@ -39,37 +46,117 @@ impl Global {
     }
 }
 
-/// The subcommands.
+/// The subcommands. Each shows one real example under its `--help` (`after_help`, a line
+/// starting `  $ `; a test parses every one of them).
 #[derive(Subcommand)]
 pub enum Command {
     /// Build one image per node: `<out>/<node>.img`, or with --compress `<out>/<node>.img.xz`
-    /// (.zst, .gz) plus SHA256SUMS and os_list.json, or with --chunked a shared-chunk release.
+    /// (.zst, .gz) plus SHA256SUMS and os_list.json, or with --chunked a shared-chunk release;
+    /// recorded in `<out>/.pi-image/build.json`.
+    #[command(
+        after_help = "Example: build node pi3 into out/pi3.img\n  $ pi-image build --node pi3"
+    )]
     Build(BuildArgs),
     /// Write one node's raw image out of a shared-chunk release (`build --chunked`), checked.
+    #[command(
+        after_help = "Example: node w017's raw image out of the release in dist/\n  $ pi-image extract --release dist --node w017 -o w017.img"
+    )]
     Extract(ExtractArgs),
     /// Download the profile's base image into the cache and verify it (once; later runs reuse it).
+    #[command(
+        after_help = "Example: download and verify the profile's base image\n  $ pi-image fetch --retries 5"
+    )]
     Fetch(FetchArgs),
     /// Show or clear the image cache.
+    #[command(after_help = "Example: what is cached, as JSON\n  $ pi-image cache list --json")]
     Cache {
         /// What to do.
         #[command(subcommand)]
         action: CacheCommand,
     },
     /// Show what is in an image: partitions, release, effective config.txt, cmdline, cloud-init.
+    #[command(
+        after_help = "Example: the config.txt a Pi 3 would see in out/pi3.img\n  $ pi-image inspect out/pi3.img --model pi3"
+    )]
     Inspect(InspectArgs),
     /// List the nodes a profile defines.
-    Nodes,
+    #[command(
+        after_help = "Example: the nodes of another profile\n  $ pi-image nodes --profile profiles/cluster.toml"
+    )]
+    Nodes(JsonArg),
     /// List the disks an image could be flashed to: size, model, serial, transport, what uses them.
-    Devices(SysArgs),
-    /// Write an image to one or more disks (or files), verified; or build nodes and write them
-    /// to disks with `--node NODE DEVICE`.
+    #[command(after_help = "Example: find the SD card or SSD to flash\n  $ pi-image devices")]
+    Devices(DevicesArgs),
+    /// Write a node's image to a disk: `flash DEVICE` writes what the last `build` wrote,
+    /// `flash DEVICE --node NODE` the node's current image (built first when missing or
+    /// stale), `flash IMAGE DEVICE...` any image; every write is read back and compared.
+    #[command(
+        after_help = "Example: build out/pi3.img if it is missing or stale, then write it to /dev/sdb\n  $ pi-image flash /dev/sdb --node pi3"
+    )]
     Flash(FlashArgs),
-    /// Check that a disk (or file) holds an image, without writing.
+    /// Check that a disk (or file) holds an image, without writing (exit status 3 if it does not).
+    #[command(
+        after_help = "Example: check a card written earlier\n  $ pi-image verify out/pi3.img /dev/sdb"
+    )]
     Verify(VerifyArgs),
     /// Write a block map (bmaptool's .bmap format) of a raw image: the blocks a copy needs.
+    #[command(after_help = "Example: write out/pi3.img.bmap\n  $ pi-image bmap out/pi3.img")]
     Bmap(BmapArgs),
     /// Write a small SD card image that updates a Pi 4's bootloader EEPROM (boot order, settings).
+    #[command(
+        after_help = "Example: a card that makes a Pi 4 boot from USB first, then SD\n  $ pi-image eeprom --boot-order 0xf14 --firmware pieeprom-2024-xx.bin --recovery recovery.bin --out eeprom.img"
+    )]
     Eeprom(EepromArgs),
+    /// Boot a node's image in QEMU and report whether it came up as the profile says: boot
+    /// stages, cloud-init, hostname, address, default route, ssh keys.
+    #[command(
+        after_help = "Example: boot pi3's current image, wait for cloud-init, then ssh in\n  $ pi-image preview pi3 --ssh"
+    )]
+    Preview(PreviewArgs),
+    /// Print a shell completion script for bash, zsh or fish (generated from these definitions).
+    #[command(
+        after_help = "Example: completions for bash, for your user\n  $ pi-image completions bash > ~/.local/share/bash-completion/completions/pi-image"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or with --dir write one page per command into a directory.
+    #[command(
+        after_help = "Example: read the man page without installing it\n  $ pi-image man | man -l -"
+    )]
+    Man(ManArgs),
+}
+
+/// `--json`.
+#[derive(Args)]
+pub struct JsonArg {
+    /// Print one JSON document on stdout instead of text (its fields: README, "JSON output").
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pi-image completions`.
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// `pi-image man`.
+#[derive(Args)]
+pub struct ManArgs {
+    /// Write pi-image.1 and pi-image-<command>.1 for every command into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `pi-image devices`.
+#[derive(Args)]
+pub struct DevicesArgs {
+    /// Where sysfs and procfs are read.
+    #[command(flatten)]
+    pub sys: SysArgs,
+    /// Output format.
+    #[command(flatten)]
+    pub out: JsonArg,
 }
 
 /// How a base image named by URL is downloaded and verified.
@@ -118,8 +205,12 @@ pub struct SysArgs {
 #[derive(Subcommand)]
 pub enum CacheCommand {
     /// What is cached: release, raw size, sha256, last use, source URL.
-    List,
+    #[command(after_help = "Example:\n  $ pi-image cache list")]
+    List(JsonArg),
     /// Remove every cached image and partial download.
+    #[command(
+        after_help = "Example: free the space, with another cache directory\n  $ pi-image cache clean --cache-dir /var/cache/pi-image"
+    )]
     Clean,
 }
 
@@ -164,6 +255,9 @@ pub struct BuildArgs {
     /// How the base is fetched.
     #[command(flatten)]
     pub fetch: FetchArgs,
+    /// Output format of the summary.
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 /// `pi-image inspect`.
@@ -174,19 +268,26 @@ pub struct InspectArgs {
     /// The board whose effective config.txt to show (pi4, pi400, cm4, pi3, ...).
     #[arg(long, default_value = "pi4")]
     pub model: String,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
-/// `pi-image flash`.
+/// `pi-image flash`. The forms: `flash DEVICE` (the image the last `build` into --out wrote),
+/// `flash DEVICE... --node NODE` (NODE's current image), `flash --node NODE DEVICE --node NODE
+/// DEVICE` (several nodes, each to its disk) and `flash IMAGE DEVICE...` (any image).
 #[derive(Args)]
 pub struct FlashArgs {
-    /// IMAGE DEVICE [DEVICE...]: an .img, .img.xz, .img.gz or .img.zst and where it goes
-    /// (nothing with --node).
-    #[arg(value_name = "IMAGE DEVICE")]
+    /// DEVICE: write the image the last `build` into --out wrote (with --node NODE: that
+    /// node's). IMAGE DEVICE [DEVICE...]: write IMAGE (.img, .img.xz, .img.gz, .img.zst).
+    #[arg(value_name = "[IMAGE] DEVICE")]
     pub args: Vec<PathBuf>,
-    /// Build NODE from the base and write it to DEVICE (repeatable); the image is built in a
-    /// temporary directory in the cache and deleted afterwards.
-    #[arg(long, num_args = 2, value_names = ["NODE", "DEVICE"])]
-    pub node: Vec<String>,
+    /// `--node NODE [DEVICE]`, as given.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Where `build` wrote its images (and where --node builds them).
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
     /// The base image for --node (.img or .img.xz); overrides the profile's `base`.
     #[arg(long, requires = "node", conflicts_with = "release")]
     pub base: Option<PathBuf>,
@@ -212,6 +313,63 @@ pub struct FlashArgs {
     /// How the base is fetched (with --node).
     #[command(flatten)]
     pub fetch: FetchArgs,
+    /// Output format of the summary.
+    #[command(flatten)]
+    pub output: JsonArg,
+}
+
+/// `flash --node NODE [DEVICE]`, repeatable: each occurrence's values kept together, which
+/// clap's derive does not do for a `Vec<Vec<_>>` (without its unstable-v5 feature).
+#[derive(Debug, Clone, Default)]
+pub struct NodeArgs {
+    /// One entry per `--node`: `[NODE]` or `[NODE, DEVICE]`.
+    pub groups: Vec<Vec<String>>,
+}
+
+impl NodeArgs {
+    const ID: &'static str = "node";
+
+    /// Whether `--node` was given.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+impl clap::FromArgMatches for NodeArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(NodeArgs {
+            groups: m
+                .get_occurrences::<String>(Self::ID)
+                .map(|o| o.map(|values| values.cloned().collect()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for NodeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            clap::Arg::new(Self::ID)
+                .long("node")
+                .num_args(1..=2)
+                .value_names(["NODE", "DEVICE"])
+                .action(clap::ArgAction::Append)
+                .help(
+                    "NODE's current image, <out>/NODE.img, built first when missing or stale: \
+                     `--node NODE` for the DEVICE(s) given, or `--node NODE DEVICE` (repeatable, \
+                     one disk per node)",
+                ),
+        )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// `pi-image extract`.
@@ -235,6 +393,9 @@ pub struct VerifyArgs {
     pub image: PathBuf,
     /// The disk or file to check.
     pub device: PathBuf,
+    /// Output format.
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 /// `pi-image bmap`.
@@ -265,4 +426,47 @@ pub struct EepromArgs {
     /// The card image to write.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `pi-image preview`.
+#[derive(Args)]
+pub struct PreviewArgs {
+    /// A node of the profile (its image is built into --out first), or an image file (a path
+    /// with a `/` or ending in `.img`), checked against the cloud-init files in it.
+    #[arg(value_name = "NODE|IMAGE", required_unless_present = "all")]
+    pub target: Option<String>,
+    /// Every node of the profile, one after another (or --jobs N at a time).
+    #[arg(long, conflicts_with = "target")]
+    pub all: bool,
+    /// With --all: boot N nodes at once (each takes about 2 GiB of memory and, without KVM, two
+    /// CPU cores).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "all", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    /// After the checks, open an ssh session on the node; the node stops when it ends.
+    #[arg(long, conflicts_with_all = ["console", "all", "json"])]
+    pub ssh: bool,
+    /// Boot with the node's serial console on this terminal (Ctrl-A x quits QEMU); no checks.
+    #[arg(long, conflicts_with_all = ["all", "json"])]
+    pub console: bool,
+    /// The private key to log in with [default: ~/.ssh/id_ed25519, id_ecdsa or id_rsa, if its
+    /// .pub is one of the node's keys]. Without one, keys are read from the guest's disk after
+    /// it powered off.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Seconds cloud-init may take to finish, from QEMU's start (a TCG boot on 2 cores takes
+    /// 2-6 minutes).
+    #[arg(long, value_name = "SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Print one JSON document on stdout instead of the report (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// The base image to build node images from (.img or .img.xz); overrides the profile's.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Where node images are built and console logs kept (`<out>/<node>.console.log`).
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// How the base is fetched.
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }

@@ -18,9 +18,14 @@
 //! build/     a plan applied to a copy of the base: what nodes share, one node's image,
 //!            overlay trees, EEPROM update files and card
 //! base/      the base image: download, verify (sha256, OpenPGP), cache
+//! outdir/    the output directory: the build record (what `build` wrote, from which inputs,
+//!            as hashes) and each node's current image, built first when missing or stale
 //! dist/      release artifacts: chunked compression and chunk store, SHA256SUMS, os_list.json
 //! flash/     writing images to disks: source, reader, writers, read-back verify, the target's
 //!            safety rules (devices), prompt and summary
+//! preview/   booting an image in QEMU: the firmware's boot files, the kernel's fitness, the
+//!            scratch copy, the node's LAN as QEMU's user network, the console's stages, the
+//!            checks against the profile, ssh
 //! cli.rs     clap's types
 //! commands/  one function per subcommand, the orchestration (anyhow at this edge)
 //! ```
@@ -36,5 +41,7 @@ pub mod dist;
 pub mod flash;
 pub mod image;
 pub mod io;
+pub mod outdir;
 pub mod plan;
+pub mod preview;
 pub mod profile;

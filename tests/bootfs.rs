@@ -580,3 +580,86 @@ fn ubuntu_replica_boot_partition_reads_and_edits_cleanly() {
         content(11, 2500)
     );
 }
+
+/// A FAT32 image with a directory `LOOP` whose cluster chain loops back onto itself and whose
+/// cluster holds no end-of-directory entry (every free slot marked deleted): what a crafted
+/// base could hold.
+fn looping_directory_image(path: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    make_image(path);
+    run(tool("mmd")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(path)
+        .arg("::loop"));
+    let mut f = open_raw(path);
+    let mut bs = [0u8; 512];
+    f.read_exact(&mut bs).unwrap();
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([bs[o], bs[o + 1]]));
+    let u32_at = |o: usize| u64::from(u32::from_le_bytes(bs[o..o + 4].try_into().unwrap()));
+    let (bps, spc, reserved, fats) = (u16_at(11), u64::from(bs[13]), u16_at(14), u64::from(bs[16]));
+    let (fat_size, root) = (u32_at(36), u32_at(44));
+    let cluster_bytes = bps * spc;
+    let data = (reserved + fats * fat_size) * bps;
+    let at = |c: u64| data + (c - 2) * cluster_bytes;
+    let mut dir = vec![0u8; cluster_bytes as usize];
+    f.seek(SeekFrom::Start(at(root))).unwrap();
+    f.read_exact(&mut dir).unwrap();
+    let entry = dir
+        .chunks(32)
+        .find(|e| &e[..11] == b"LOOP       ")
+        .expect("LOOP entry");
+    let c = (u64::from(u16::from_le_bytes([entry[20], entry[21]])) << 16)
+        | u64::from(u16::from_le_bytes([entry[26], entry[27]]));
+    f.seek(SeekFrom::Start(at(c))).unwrap();
+    f.read_exact(&mut dir).unwrap();
+    for slot in dir.chunks_mut(32).filter(|e| e[0] == 0) {
+        slot[..11].copy_from_slice(b"\xe5DELETEDTXT");
+        slot[11] = 0x20;
+    }
+    f.seek(SeekFrom::Start(at(c))).unwrap();
+    f.write_all(&dir).unwrap();
+    for i in 0..fats {
+        f.seek(SeekFrom::Start((reserved + i * fat_size) * bps + c * 4))
+            .unwrap();
+        f.write_all(&(c as u32).to_le_bytes()).unwrap();
+    }
+}
+
+/// Run `f` on a thread; its result, or `None` if it is still running after 20 s.
+fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20)).ok()
+}
+
+/// (issue 14, item 14) A directory cluster cycle is an error naming the problem, not a hang.
+#[test]
+fn hole_14_a_directory_cluster_cycle_is_an_error_not_a_hang() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("loop.vfat");
+    looping_directory_image(&img);
+    let image = img.clone();
+    let listed = within_20s(move || mount(&image).list_dir("loop").map(|l| l.len()))
+        .expect("listing a looping directory hangs");
+    let err = listed.expect_err("a looping directory listed").to_string();
+    assert!(err.contains("loop"), "{err}");
+    let image = img.clone();
+    let read = within_20s(move || {
+        mount(&image)
+            .read_file("loop/missing.txt")
+            .map(|f| f.is_some())
+    })
+    .expect("a lookup in a looping directory hangs");
+    assert!(read.is_err(), "{read:?}");
+    // A write into it must fail too, and never loop.
+    let image = img.clone();
+    let wrote = within_20s(move || mount(&image).write_bytes("loop/new.txt", b"x"))
+        .expect("writing into a looping directory hangs");
+    assert!(wrote.is_err());
+}

@@ -106,11 +106,13 @@ fn xz_artifacts_test_ok_and_decompress_to_the_raw_images() {
         .flat_map(|n| [format!("{n}.img.xz"), format!("{n}.img.bmap")])
         .collect();
     expected.extend(["SHA256SUMS".to_string(), "os_list.json".to_string()]);
+    // The build record, hidden: the CI merge (`shards/*/*`) and artifact upload skip it.
+    expected.push(".pi-image".to_string());
     expected.sort();
     assert_eq!(
         listing(dist),
         expected,
-        "dist/ holds exactly the artifacts and the index"
+        "dist/ holds exactly the artifacts, the index and the build record"
     );
     let tmp = tempfile::tempdir().unwrap();
     for node in NODES {
@@ -170,6 +172,12 @@ for e in d['os_list']:
     assert e['extract_sha256'] == sha(r), e
     assert e['release_date'] == '2022-09-01', e
     assert e['name'] and e['description'], e
+    # A built-in Imager icon; the boards the node boots (pi1 boots from SD, the others from a
+    # USB SSD, which only the Pi 4 path supports); no init_format, so Imager leaves cloud-init
+    # alone.
+    assert e['icon'] == 'icons/cat_other_general_purpose_operating_systems.png', e
+    assert e['devices'] == (['pi3-64bit', 'pi4-64bit'] if node == 'pi1' else ['pi4-64bit']), e
+    assert 'init_format' not in e, e
     print(e['url'])
 "#;
     let out = run_ok(Command::new("python3").args([
@@ -180,6 +188,44 @@ for e in d['os_list']:
     ]));
     let urls = String::from_utf8_lossy(&out.stdout);
     assert_eq!(urls.lines().count(), 5, "{urls}");
+}
+
+/// `os_list.json` validates against Raspberry Pi Imager's published schema (committed in
+/// tests/fixtures/rpi-imager, Apache-2.0) with python3's `jsonschema`; the same list without
+/// `icon`, or with a `devices` that is not a list, does not (the check can fail).
+#[test]
+fn os_list_validates_against_rpi_imagers_schema() {
+    let (_dir, dist, _, _) = xz_release();
+    let script = r#"
+import copy, json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+doc = json.load(open(sys.argv[2]))
+jsonschema.validate(doc, schema)
+for field, value in [('icon', None), ('devices', 'pi4-64bit')]:
+    bad = copy.deepcopy(doc)
+    if value is None:
+        del bad['os_list'][0][field]
+    else:
+        bad['os_list'][0][field] = value
+    try:
+        jsonschema.validate(bad, schema)
+    except jsonschema.ValidationError:
+        continue
+    sys.exit('the schema accepted an entry with a broken ' + field)
+print(len(doc['os_list']))
+"#;
+    let out = run_ok(
+        Command::new("python3").args([
+            "-c",
+            script,
+            repo()
+                .join("tests/fixtures/rpi-imager/os-list-schema.json")
+                .to_str()
+                .unwrap(),
+            dist.join("os_list.json").to_str().unwrap(),
+        ]),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
 }
 
 #[test]
@@ -248,7 +294,8 @@ fn artifacts_are_reproducible_across_dirs_and_thread_counts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(listing(dist), listing(&dist2));
-    for name in listing(dist) {
+    // Everything but the build record (times and paths of this machine) is byte-identical.
+    for name in listing(dist).into_iter().filter(|n| n != ".pi-image") {
         let (same, o, e) = run(
             "cmp",
             &[
@@ -596,11 +643,10 @@ fn workflow_is_valid_yaml_with_a_shard_matrix() {
         run.contains("--compress xz") && run.contains("--shard ${{ matrix.shard }}"),
         "{run}"
     );
-    // Every package .ci/run installs for the tests is installed by the workflow too.
+    // The workflow and .ci/run install from the one package list, scripts/deps.txt.
     let ci = fs::read_to_string(repo().join(".ci/run")).unwrap();
-    for pkg in ["libext2fs-dev", "pkg-config", "xz-utils"] {
-        assert!(ci.contains(pkg) && text.contains(pkg), "{pkg}");
-    }
+    assert!(ci.contains("scripts/deps.sh boot"), "{ci}");
+    assert!(run.contains("scripts/deps.sh build"), "{run}");
 }
 
 #[test]

@@ -347,12 +347,29 @@ fn builds_are_reproducible_and_the_base_is_untouched() {
         fs::read(&raw).unwrap() == before,
         "the base image was modified"
     );
-    let names: Vec<_> = fs::read_dir(&out)
+    let mut names: Vec<_> = fs::read_dir(&out)
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(names, vec!["pi3.img"], "temp files left behind");
+    names.sort();
+    // The image and the build record (`.pi-image/build.json`), nothing else.
+    assert_eq!(
+        names,
+        vec![".pi-image", "pi3.img"],
+        "temp files left behind"
+    );
+}
+
+#[test]
+fn the_summary_sha256_is_sha256sums() {
+    let (_, sum, _) = run("sha256sum", &[image("pi3").to_str().unwrap()]);
+    let sum = &sum[..64];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("again");
+    let printed = String::from_utf8_lossy(&build_pi3(&fixture_raw(), &out).stdout).into_owned();
+    assert!(printed.contains(&format!("  sha256 {sum}  ")), "{printed}");
+    assert!(fs::read(out.join("pi3.img")).unwrap() == fs::read(image("pi3")).unwrap());
 }
 
 #[test]

@@ -339,7 +339,8 @@ fn fresh_fetch_then_cached() {
     let (server, xz) = serve_fixture();
     let dir = sums_profile(&server);
     let out = ok(run(dir.path(), &["fetch", SKIP]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("downloaded and verified"));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("downloaded; NOT verified"), "{said}");
     assert!(stderr(&out).contains("NOT checking the OpenPGP signature"));
     let img = assert_cached(dir.path(), &xz);
     // Sparse: the fixture is mostly zeros, so the cached image must have holes.
@@ -354,7 +355,9 @@ fn fresh_fetch_then_cached() {
     let list = ok(run(dir.path(), &["cache", "list"]));
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(
-        list.contains(&sha256_hex(&xz)) && list.contains(&server.url(NAME)),
+        list.contains(&sha256_hex(&xz))
+            && list.contains(&server.url(NAME))
+            && list.contains("UNSIGNED"),
         "{list}"
     );
     let clean = ok(run(dir.path(), &["cache", "clean"]));
@@ -636,7 +639,11 @@ fn offline_without_and_with_the_cache() {
     assert!(!dir.path().join("out/pi1.img").exists());
     ok(run(dir.path(), &["fetch", SKIP]));
     let before = server.log().len();
-    ok(run(dir.path(), &["build", "--node", "pi1", "--offline"]));
+    // Fetched without the signature checked: a build offline must give that up too (hole_01).
+    ok(run(
+        dir.path(),
+        &["build", "--node", "pi1", "--offline", SKIP],
+    ));
     assert_eq!(server.log().len(), before, "--offline touched the network");
     assert!(dir.path().join("out/pi1.img").is_file());
     assert_cached(dir.path(), &xz);
@@ -784,11 +791,25 @@ impl Gpg {
     /// An armored detached signature over `data` by every key in `uids` (like Ubuntu's
     /// SHA256SUMS.gpg, which holds one signature per signing key).
     fn sign(&self, uids: &[&str], data: &[u8]) -> Vec<u8> {
+        self.sign_with(uids, &[], data)
+    }
+
+    /// Like [`Gpg::sign`], with more gpg options (`--digest-algo SHA1`, a faked time, ...).
+    fn sign_with(&self, uids: &[&str], extra: &[&str], data: &[u8]) -> Vec<u8> {
         let mut args = vec!["--armor", "--detach-sign"];
+        args.extend_from_slice(extra);
         for u in uids {
             args.extend(["--local-user", u]);
         }
         self.run(&args, Some(data))
+    }
+
+    /// The primary key fingerprint of `uid`.
+    fn fingerprint(&self, uid: &str) -> String {
+        let listing =
+            String::from_utf8(self.run(&["--with-colons", "--list-keys", uid], None)).unwrap();
+        let fpr = listing.lines().find(|l| l.starts_with("fpr:")).unwrap();
+        fpr.split(':').nth(9).unwrap().to_string()
     }
 }
 
@@ -922,6 +943,254 @@ fn sha256sums_signature_is_checked() {
     fs::write(&p, text).unwrap();
     ok(run(dir.path(), &["fetch"]));
     assert_cached(dir.path(), &xz);
+}
+
+/// (5) Weak hashes, expired and revoked keys, expired signatures: each refused, nothing
+/// downloaded; a good signature by the same kind of key still passes.
+#[test]
+fn hole_05_weak_expired_and_revoked_signatures_are_refused() {
+    let gpg = Gpg::new();
+    let (server, _) = serve_fixture();
+    let sums = server.state.lock().unwrap().files["/SHA256SUMS"].clone();
+    let dir = sums_profile(&server);
+    // Made in 2020, valid for a day.
+    let past = ["--faked-system-time", "20200101T000000!"];
+    gpg.key("Good <good@test.invalid>", "rsa2048");
+    let mut args = past.to_vec();
+    args.extend([
+        "--quick-gen-key",
+        "Expired <old@test.invalid>",
+        "rsa2048",
+        "sign",
+        "1d",
+    ]);
+    gpg.run(&args, None);
+    let mut args = vec!["--faked-system-time", "20190101T000000!"];
+    args.extend([
+        "--quick-gen-key",
+        "Past <past@test.invalid>",
+        "rsa2048",
+        "sign",
+        "never",
+    ]);
+    gpg.run(&args, None);
+    gpg.key("Revoked <rev@test.invalid>", "rsa2048");
+    // Signed while the key was good, then revoked.
+    let rev_sig = gpg.sign(&["rev@test.invalid"], &sums);
+    let fpr = gpg.fingerprint("rev@test.invalid");
+    let rev =
+        fs::read_to_string(gpg.home.path().join(format!("openpgp-revocs.d/{fpr}.rev"))).unwrap();
+    // gpg prefixes the armor line with ':' so that the certificate is not imported by accident.
+    gpg.run(
+        &["--import"],
+        Some(rev.replace(":-----BEGIN", "-----BEGIN").as_bytes()),
+    );
+    for (uid, file) in [
+        ("good@test.invalid", "good.asc"),
+        ("old@test.invalid", "old.asc"),
+        ("past@test.invalid", "past.asc"),
+        ("rev@test.invalid", "rev.asc"),
+    ] {
+        fs::write(
+            dir.path().join(file),
+            gpg.run(&["--armor", "--export", uid], None),
+        )
+        .unwrap();
+    }
+    let cases: [(&str, Vec<u8>, &[&str]); 4] = [
+        (
+            "good.asc",
+            gpg.sign_with(&["good@test.invalid"], &["--digest-algo", "SHA1"], &sums),
+            &["bad signature", "SHA1", "too weak"],
+        ),
+        (
+            "past.asc",
+            gpg.sign_with(
+                &["past@test.invalid"],
+                &[
+                    "--default-sig-expire",
+                    "1d",
+                    "--faked-system-time",
+                    "20200101T000000!",
+                ],
+                &sums,
+            ),
+            &["bad signature", "expired on 2020-01-02"],
+        ),
+        (
+            "old.asc",
+            gpg.sign_with(&["old@test.invalid"], &past, &sums),
+            &[
+                "old.asc",
+                "not a usable OpenPGP public key",
+                "expired on 2020-01-02",
+            ],
+        ),
+        (
+            "rev.asc",
+            rev_sig,
+            &["rev.asc", "not a usable OpenPGP public key", "is revoked"],
+        ),
+    ];
+    for (key, sig, wants) in cases {
+        server.put("SHA256SUMS.gpg", sig);
+        fails(run(dir.path(), &["fetch", "--signing-key", key]), wants);
+        assert!(
+            server.requests_for(NAME).is_empty(),
+            "downloaded for {wants:?}"
+        );
+    }
+    server.put("SHA256SUMS.gpg", gpg.sign(&["good@test.invalid"], &sums));
+    ok(run(dir.path(), &["fetch", "--signing-key", "good.asc"]));
+}
+
+/// (1) An image fetched with --insecure-skip-signature is not trusted later by a run that
+/// checks signatures: offline it is refused, online its SHA256SUMS signature is checked (and
+/// the image kept, not downloaded again, once it passes). Nothing says "verified" before.
+#[test]
+fn hole_01_an_insecure_fetch_is_not_trusted_forever() {
+    let gpg = Gpg::new();
+    let good = gpg.key("Good <good@test.invalid>", "ed25519");
+    gpg.key("Other <other@test.invalid>", "ed25519");
+    let (server, xz) = serve_fixture();
+    let sums = server.state.lock().unwrap().files["/SHA256SUMS"].clone();
+    let dir = sums_profile(&server);
+    fs::write(dir.path().join("good.asc"), &good).unwrap();
+    server.put("SHA256SUMS.gpg", gpg.sign(&["other@test.invalid"], &sums));
+    let key = ["--signing-key", "good.asc"];
+
+    let out = ok(run(dir.path(), &["fetch", SKIP]));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("NOT verified") && !said.contains("; verified"),
+        "{said}"
+    );
+    assert_cached(dir.path(), &xz);
+    let downloads = server.requests_for(NAME).len();
+
+    let mut args = vec!["build", "--node", "pi1", "--offline", "--out", "out"];
+    args.extend(key);
+    fails(
+        run(dir.path(), &args),
+        &[
+            "NOT verified",
+            "requires",
+            "signed by key",
+            "without --offline",
+        ],
+    );
+    assert!(!dir.path().join("out/pi1.img").exists());
+    fails(
+        run(dir.path(), &["fetch", key[0], key[1]]),
+        &["bad signature"],
+    );
+
+    server.put("SHA256SUMS.gpg", gpg.sign(&["good@test.invalid"], &sums));
+    let out = ok(run(dir.path(), &["fetch", key[0], key[1]]));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("already cached; verified:"), "{said}");
+    assert_eq!(
+        server.requests_for(NAME).len(),
+        downloads,
+        "downloaded again"
+    );
+    let list = ok(run(dir.path(), &["cache", "list"]));
+    assert!(String::from_utf8_lossy(&list.stdout).contains("signed "));
+    ok(run(dir.path(), &args));
+}
+
+/// (2) A small compressed file that expands into a lot of data, with a wrong pinned sha256,
+/// is stopped early (not decompressed whole and then found wrong), naming the bound; a
+/// `base_size` the server's answer contradicts stops the download before it starts.
+#[test]
+fn hole_02_unverified_bytes_are_decompressed_only_within_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bomb_path = tmp.path().join("bomb.xz");
+    // 300 MiB of 0x01 bytes (not zeros, which would become holes): a few KiB as xz.
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 314572800 /dev/zero | tr '\\0' '\\1' | xz -1 -T1 > '{}'",
+            bomb_path.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bomb = fs::read(&bomb_path).unwrap();
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let server = Server::start();
+    server.put(NAME, bomb.clone());
+    let dir = setup(
+        &format!("base_sha256 = \"{}\"", "1".repeat(64)),
+        &server.url(NAME),
+    );
+    let err = fails(
+        run(dir.path(), &["fetch"]),
+        &[
+            &server.url(NAME),
+            "stopped at byte",
+            "decompression bomb",
+            "deleted",
+        ],
+    );
+    let at: u64 = err
+        .split("stopped at byte ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(at < 100 << 20, "stopped only at byte {at}: {err}");
+    assert!(
+        cache_files(dir.path()).is_empty(),
+        "{:?}",
+        cache_files(dir.path())
+    );
+
+    // base_size contradicting the server's Content-Length: nothing downloaded.
+    let (server, xz) = serve_fixture();
+    let dir = setup(
+        &format!(
+            "base_sha256 = \"{}\"\nbase_size = {}",
+            sha256_hex(&xz),
+            xz.len() - 1
+        ),
+        &server.url(NAME),
+    );
+    fails(
+        run(dir.path(), &["fetch"]),
+        &["announces", "base_size", "not downloaded"],
+    );
+    assert!(cache_files(dir.path()).is_empty());
+    let dir = setup(
+        &format!(
+            "base_sha256 = \"{}\"\nbase_size = {}",
+            sha256_hex(&xz),
+            xz.len()
+        ),
+        &server.url(NAME),
+    );
+    ok(run(dir.path(), &["fetch"]));
+}
+
+/// (5) A name listed twice in SHA256SUMS with different sums: an error, not "first wins".
+#[test]
+fn hole_05_a_name_listed_twice_with_different_sums_is_refused() {
+    let (server, xz) = serve_fixture();
+    server.put(
+        "SHA256SUMS",
+        format!("{} *{NAME}\n{} *{NAME}\n", sha256_hex(&xz), "1".repeat(64)).into_bytes(),
+    );
+    let dir = sums_profile(&server);
+    fails(
+        run(dir.path(), &["fetch", SKIP]),
+        &[
+            "SHA256SUMS",
+            "line 2",
+            NAME,
+            "listed again with a different sha256",
+        ],
+    );
+    assert!(server.requests_for(NAME).is_empty());
 }
 
 #[test]

@@ -102,31 +102,58 @@ fn a_compressed_image_without_bmap_onto_garbage_is_written_whole() {
 }
 
 #[test]
-fn verify_names_the_first_flipped_byte() {
+fn verify_names_the_first_flipped_byte_of_raw_and_compressed_images() {
     let tmp = tempfile::tempdir().unwrap();
-    let img = demo_images().join("pi1.img");
+    // A GPT image: its mapped ranges reach its last byte (the backup GPT).
+    let img = demo_images().join("gpt/pi3.img");
+    let xz = compressed(&img, tmp.path(), "xz", "xz");
     let target = tmp.path().join("t.img");
     pi_image_ok(
         &repo(),
         &["flash", s(&img), s(&target), "--to-file", "--no-verify"],
     );
-    pi_image_ok(&repo(), &["verify", s(&img), s(&target)]);
-    // A byte inside the root filesystem's superblock (always mapped).
-    let parts = common::sfdisk_partitions(&img);
-    let offset = parts[1].0 + 1024 + 100;
-    let mut data = fs::read(&target).unwrap();
-    data[offset as usize] ^= 0x5a;
-    fs::write(&target, &data).unwrap();
-    drop(data);
-    let out = pi_image(&repo(), &["verify", s(&img), s(&target)]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains(&format!(
-            "verification failed: first bad byte at offset {offset} "
-        )),
-        "{err}"
-    );
+    let size = fs::metadata(&img).unwrap().len();
+    let bmap = tmp.path().join("pi3.bmap");
+    pi_image_ok(&repo(), &["bmap", s(&img), "-o", s(&bmap)]);
+    let ranges = bmap_ranges(&bmap);
+    let root = common::sfdisk_partitions(&img)[1].0;
+    // The protective MBR (written last by flash), the root filesystem's superblock, the last
+    // mapped byte before the backup GPT, the image's last byte (backup GPT header's sector).
+    let flips = [
+        100,
+        root + 1024 + 100,
+        ranges[ranges.len() - 2].1 - 1,
+        size - 1,
+    ];
+    for input in [&img, &xz] {
+        pi_image_ok(&repo(), &["verify", s(input), s(&target)]);
+    }
+    for offset in flips {
+        let flip = |t: &Path| {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(t)
+                .unwrap();
+            let mut b = [0u8];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, offset).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x5a], offset).unwrap();
+        };
+        flip(&target);
+        for input in [&img, &xz] {
+            let out = pi_image(&repo(), &["verify", s(input), s(&target)]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(
+                err.contains(&format!(
+                    "verification failed: first bad byte at offset {offset} "
+                )),
+                "{}: {err}",
+                input.display()
+            );
+        }
+        flip(&target);
+    }
 }
 
 #[test]
@@ -166,34 +193,26 @@ fn several_targets_at_once_and_a_failing_one_does_not_stop_the_others() {
 fn flash_node_writes_the_same_bytes_as_build() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("pi3-card.img");
-    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("out");
     pi_image_ok(
         &repo(),
         &[
             "--cache-dir",
-            s(&cache),
+            s(&tmp.path().join("cache")),
             "flash",
             "--node",
             "pi3",
             s(&target),
             "--base",
             s(&fixture_xz()),
+            "--out",
+            s(&out),
             "--to-file",
         ],
     );
     run_ok(Command::new("cmp").args([&demo_images().join("pi3.img"), &target]));
-    // The image built for flashing is gone from the cache.
-    let left: Vec<_> = fs::read_dir(&cache)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    assert!(
-        !left
-            .iter()
-            .any(|n| n.to_string_lossy().starts_with("flash-")),
-        "{left:?}"
-    );
+    // The image was built where `build` puts it, and stays there.
+    run_ok(Command::new("cmp").args([&demo_images().join("pi3.img"), &out.join("pi3.img")]));
 }
 
 #[test]
@@ -244,6 +263,23 @@ fn refusals_write_nothing() {
         "{err}"
     );
     assert_eq!(sha256(&target), before);
+}
+
+#[test]
+fn a_device_that_does_not_exist_points_to_pi_image_devices() {
+    let img = demo_images().join("pi1.img");
+    let out = pi_image(
+        &repo(),
+        &["flash", s(&img), "/dev/pi-image-no-such-disk", "--yes"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && err.contains(
+                "/dev/pi-image-no-such-disk: no such device; `pi-image devices` lists the disks an image can go to"
+            ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -377,6 +377,22 @@ fn devices_lists_the_fake_tree_with_transport_serial_and_use() {
     ] {
         assert!(line.contains(want), "{want} missing in {line}");
     }
+    // The same disk as `--json`, read by python3.
+    let out = Command::new(env!("CARGO_BIN_EXE_pi-image"))
+        .args(["devices", "--json"])
+        .env("PI_IMAGE_SYSROOT", root)
+        .output()
+        .unwrap();
+    let code = r#"
+[d] = d['devices']
+assert d['path'] == '/dev/sdb' and d['name'] == 'sdb' and d['size'] == 32 << 30, d
+assert d['model'] == 'Test Disk 3000' and d['serial'] == 'SN-0042', d
+assert d['transport'] == 'usb' and d['removable'] is True and d['external'] is True, d
+assert d['partitions'] == ['sdb1'] and d['mounts'] == ['/media/card'], d
+assert d['holders'] == [] and d['swaps'] == [] and d['system'] == [], d
+print('ok')
+"#;
+    assert_eq!(common::python_json(&out.stdout, code, &[]), "ok");
 }
 
 #[test]
@@ -402,11 +418,41 @@ fn a_prompt_answered_no_writes_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains(&format!("to {}", l.dev.display()))
+        err.contains(&format!("device  {}: ", l.dev.display()))
             && err.contains("Type 'yes' to continue")
             && err.contains("not confirmed; nothing was written"),
         "{err}"
     );
     drop(l);
     assert_eq!(sha256(&file), before);
+}
+
+#[test]
+fn a_partition_is_refused_naming_the_whole_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = demo_images().join("pi1.img");
+    let file = tmp.path().join("disk");
+    garbage_file(&file, fs::metadata(&img).unwrap().len() + (4 << 20));
+    let before = sha256(&file);
+    let Some(l) = Loop::attach(&file) else { return };
+    // The fake tree says the loop device's number is partition sda1 of disk sda.
+    let root = tmp.path().join("root");
+    fake_tree(&root, "sda", "8:0", USB, 64 << 30, true, false, "", "");
+    symlink(
+        root.join("sys/devices").join(USB).join("sda/sda1"),
+        root.join("sys/dev/block").join(l.dev_number()),
+    )
+    .unwrap();
+    let out = flash_with_root(&root, &img, &l.dev, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && err.contains(&format!(
+                "{}: refusing to write: it is a partition of sda; give the whole disk /dev/sda",
+                l.dev.display()
+            )),
+        "{err}"
+    );
+    drop(l);
+    assert_eq!(sha256(&file), before, "a refused flash wrote something");
 }

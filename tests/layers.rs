@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 
 /// From the bottom up. `cli` sits just below `commands`, which parses nothing itself.
 const LAYERS: &[&str] = &[
-    "io", "bootconf", "profile", "plan", "image", "build", "base", "dist", "flash", "cli",
-    "commands",
+    "io", "bootconf", "profile", "plan", "image", "build", "base", "outdir", "dist", "flash",
+    "preview", "cli", "commands",
 ];
 
 /// Layers that are siblings, not above one another: neither may use the other.
-const SIBLINGS: &[(&str, &str)] = &[("dist", "flash")];
+const SIBLINGS: &[(&str, &str)] = &[("dist", "flash"), ("dist", "preview"), ("flash", "preview")];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).unwrap() {

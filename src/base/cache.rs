@@ -16,13 +16,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::image::PendingOutput;
 use crate::io::calendar::UtcDateTime;
-use crate::io::{AtPath, PathError, sums};
+use crate::io::{AtPath, PathError, sums, tempfiles};
 
 /// Errors reading or changing the cache.
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +65,78 @@ pub struct Metadata {
     pub raw_sha256: String,
     /// Size of the raw image in bytes.
     pub raw_size: u64,
-    /// What the sha256 was verified against: `pinned` or the `SHA256SUMS` URL.
-    pub verified_by: String,
+    /// How the sha256 of the download was established; `None` for images cached by a
+    /// pi-image that did not record it (treated as unverified).
+    #[serde(default)]
+    pub verification: Option<Verification>,
+    /// What older versions wrote instead of `verification` (a URL or `pinned`); read so their
+    /// entries still list, never trusted.
+    #[serde(default, skip_serializing)]
+    pub verified_by: Option<String>,
     /// When it was fetched (RFC 3339, UTC).
     pub fetched_at: String,
     /// When a build last used it (RFC 3339, UTC).
     pub last_used: String,
+}
+
+/// How a download's sha256 was established, strongest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Verification {
+    /// Equal to the `base_sha256` pinned in the profile.
+    PinnedSha256,
+    /// Equal to its line in a `SHA256SUMS` whose OpenPGP signature by this key was checked.
+    SignedSha256sums {
+        /// The `SHA256SUMS` URL.
+        sums_url: String,
+        /// The primary key fingerprint of the trusted key, uppercase hex.
+        key_fingerprint: String,
+    },
+    /// Equal to its line in a `SHA256SUMS` whose signature was NOT checked
+    /// (`--insecure-skip-signature`): anyone on the network path could have chosen both.
+    UnsignedSha256sums {
+        /// The `SHA256SUMS` URL.
+        sums_url: String,
+    },
+}
+
+impl Verification {
+    /// Whether this is a real verification (not an unsigned checksum file).
+    pub fn is_verified(&self) -> bool {
+        !matches!(self, Verification::UnsignedSha256sums { .. })
+    }
+
+    /// A few words for tables: `pinned`, `signed <last 16 hex digits of the key>`, `UNSIGNED`.
+    pub fn short(v: Option<&Verification>) -> String {
+        match v {
+            Some(Verification::PinnedSha256) => "pinned".into(),
+            Some(Verification::SignedSha256sums {
+                key_fingerprint, ..
+            }) => format!(
+                "signed {}",
+                &key_fingerprint[key_fingerprint.len().saturating_sub(16)..]
+            ),
+            Some(Verification::UnsignedSha256sums { .. }) => "UNSIGNED".into(),
+            None => "unknown".into(),
+        }
+    }
+}
+
+/// One sentence on how an image was verified, saying "NOT verified" when it was not.
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verification::PinnedSha256 => f.write_str("verified: sha256 pinned in the profile"),
+            Verification::SignedSha256sums {
+                sums_url,
+                key_fingerprint,
+            } => write!(f, "verified: {sums_url} signed by key {key_fingerprint}"),
+            Verification::UnsignedSha256sums { sums_url } => write!(
+                f,
+                "NOT verified: sha256 from {sums_url}, whose signature was not checked (--insecure-skip-signature)"
+            ),
+        }
+    }
 }
 
 /// One complete, verified cached image.
@@ -98,6 +165,32 @@ impl Cleaned {
         fs::remove_file(path).at(path)?;
         self.files += 1;
         self.bytes += used;
+        Ok(())
+    }
+
+    /// Remove the directory at `path` with everything in it, counting its files.
+    pub fn remove_dir(&mut self, path: &Path) -> Result<(), PathError> {
+        for entry in fs::read_dir(path).at(path)? {
+            let entry = entry.at(path)?;
+            let p = entry.path();
+            if entry.file_type().at(&p)?.is_dir() {
+                self.remove_dir(&p)?;
+            } else {
+                self.remove(&p)?;
+            }
+        }
+        fs::remove_dir(path).at(path)
+    }
+
+    /// Remove every temp file or directory ([`tempfiles`]) in `dir`, whoever made it.
+    pub fn remove_temps(&mut self, dir: &Path) -> Result<(), PathError> {
+        for temp in tempfiles::temps_in(dir).at(dir)? {
+            if temp.is_dir {
+                self.remove_dir(&temp.path)?;
+            } else {
+                self.remove(&temp.path)?;
+            }
+        }
         Ok(())
     }
 }
@@ -149,13 +242,15 @@ impl Cache {
         &self.dir
     }
 
-    /// Take the cache lock, waiting (and saying so on stderr) while another run holds it.
+    /// Take the cache lock, waiting (and saying so on stderr) while another run holds it. Then
+    /// remove the temps that runs killed earlier left in the cache.
     pub fn lock(&self) -> Result<CacheLock, CacheError> {
         let path = self.dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .at(&path)?;
         match file.try_lock() {
@@ -168,6 +263,9 @@ impl Cache {
                 file.lock().at(&path)?;
             }
             Err(fs::TryLockError::Error(e)) => return Err(PathError::new(&path, e).into()),
+        }
+        for dir in [self.dir.clone(), self.dir.join("partial")] {
+            tempfiles::sweep_stale(&dir).at(&dir)?;
         }
         Ok(CacheLock { _file: file })
     }
@@ -235,6 +333,16 @@ impl Cache {
         Ok(Entry { image: path, meta })
     }
 
+    /// Record a stronger verification of `entry` (its SHA256SUMS signature, checked now).
+    pub fn reverified(
+        &self,
+        entry: &mut Entry,
+        verification: Verification,
+    ) -> Result<(), CacheError> {
+        entry.meta.verification = Some(verification);
+        self.write_meta(&entry.meta)
+    }
+
     /// Record that a build used `entry` now.
     pub fn touch(&self, entry: &mut Entry) -> Result<(), CacheError> {
         entry.meta.last_used = now_rfc3339();
@@ -253,11 +361,12 @@ impl Cache {
         Ok(())
     }
 
-    /// Remove every image, metadata file, partial download, compressed chunk and leftover temp
-    /// file.
+    /// Remove every image, metadata file, partial download and leftover temp file or directory
+    /// (the caller holds the lock, so no other run is writing one).
     pub fn clean(&self) -> Result<Cleaned, CacheError> {
         let mut cleaned = Cleaned::default();
         for dir in [self.dir.clone(), self.dir.join("partial")] {
+            cleaned.remove_temps(&dir)?;
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -271,12 +380,18 @@ impl Cache {
                     .unwrap_or_default();
                 // Only what pi-image itself writes here: never the lock (another run may be
                 // waiting on it) nor files someone else put in the directory.
-                let ours = name.ends_with(".img")
-                    || name.ends_with(".toml")
-                    || name.ends_with(".part")
-                    || (name.starts_with('.') && name.ends_with(".tmp"));
+                let ours =
+                    name.ends_with(".img") || name.ends_with(".toml") || name.ends_with(".part");
                 if ours && path.is_file() {
                     cleaned.remove(&path)?;
+                }
+                // `flash-<pid>`: node images of `flash --node` before temp directories were
+                // named like temp files.
+                let old_flash_dir = name
+                    .strip_prefix("flash-")
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                if old_flash_dir.is_some_and(|pid| !tempfiles::pid_alive(pid)) && path.is_dir() {
+                    cleaned.remove_dir(&path)?;
                 }
             }
         }
@@ -285,19 +400,20 @@ impl Cache {
 }
 
 /// `cache list` output: one line per image with release, raw size, sha256 (the cache key),
-/// last use and source URL.
+/// how it was verified, last use and source URL.
 pub fn list_table(entries: &[Entry]) -> String {
     let mut out = format!(
-        "{:<16} {:>9}  {:<64}  {:<20}  {}\n",
-        "release", "raw MiB", "sha256", "last used", "source"
+        "{:<16} {:>9}  {:<64}  {:<23}  {:<20}  {}\n",
+        "release", "raw MiB", "sha256", "verification", "last used", "source"
     );
     for e in entries {
         let m = &e.meta;
         out.push_str(&format!(
-            "{:<16} {:>9}  {:<64}  {:<20}  {}\n",
+            "{:<16} {:>9}  {:<64}  {:<23}  {:<20}  {}\n",
             m.release.as_deref().unwrap_or("-"),
             m.raw_size >> 20,
             m.compressed_sha256,
+            Verification::short(m.verification.as_ref()),
             m.last_used,
             m.source_url
         ));
@@ -331,7 +447,8 @@ mod tests {
             compressed_size: 3,
             raw_sha256: sha.into(),
             raw_size: 5,
-            verified_by: "pinned".into(),
+            verification: Some(Verification::PinnedSha256),
+            verified_by: None,
             fetched_at: at.into(),
             last_used: at.into(),
         }

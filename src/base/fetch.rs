@@ -12,14 +12,16 @@
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::base::cache::{self, Cache, CacheError, CacheLock, Entry, Metadata};
+use crate::base::cache::{self, Cache, CacheError, CacheLock, Entry, Metadata, Verification};
 use crate::base::signature;
+use crate::image::blockmap::is_zero;
 use crate::image::{self, Format, PendingOutput};
 use crate::io::progress::Progress;
 use crate::io::{AtPath, PathError, hex, sums};
@@ -66,7 +68,7 @@ pub enum FetchError {
     },
     /// The downloaded file's sha256 is not the expected one; the download was deleted.
     #[error(
-        "{url}: sha256 mismatch: got {actual}, expected {expected} (from {verified_by}); the download was deleted"
+        "{url}: sha256 mismatch: got {actual}, expected {expected} (from {source_of_expected}); the download was deleted"
     )]
     Checksum {
         /// The URL.
@@ -75,8 +77,31 @@ pub enum FetchError {
         actual: String,
         /// sha256 it should have.
         expected: String,
-        /// `pinned sha256 in the profile` or the `SHA256SUMS` URL.
-        verified_by: String,
+        /// `the sha256 pinned in the profile` or the `SHA256SUMS` URL.
+        source_of_expected: String,
+    },
+    /// The download is not the size it must be: past a bound while streaming (then it was
+    /// stopped there and deleted), or announced with a size other than `base_size`.
+    #[error("{url}: {reason}")]
+    Size {
+        /// The URL.
+        url: String,
+        /// Which bound, and where it was passed.
+        reason: String,
+    },
+    /// The cached image was verified less strongly than this run requires, and the network
+    /// may not be used to verify it again.
+    #[error(
+        "{url}: the cached image is {have}, but this run requires {want}; run `pi-image fetch` \
+         without --offline to check it again (nothing is downloaded if it is the right file)"
+    )]
+    WeakerCache {
+        /// The URL.
+        url: String,
+        /// How the cached image was verified.
+        have: String,
+        /// What this run requires.
+        want: String,
     },
     /// The pinned sha256 and the `SHA256SUMS` line disagree.
     #[error("{sums_url}: lists sha256 {listed} for {name}, but the profile pins {pinned}")]
@@ -173,6 +198,18 @@ impl Default for FetchOptions {
     }
 }
 
+/// Bounds on a download, applied while it streams, before its sha256 can be checked: a few KB
+/// of crafted compressed data must not fill the disk or keep the machine busy.
+/// The raw image may not be larger than this (Raspberry Pi images are 2 to 8 GiB).
+pub const MAX_RAW_SIZE: u64 = 32 << 30;
+/// A download without `base_size` or Content-Length may not be larger than this.
+pub const MAX_DOWNLOAD_SIZE: u64 = 32 << 30;
+/// Non-zero raw data may be at most this many times the compressed bytes received so far...
+pub const MAX_EXPANSION: u64 = 100;
+/// ...plus this much (xz reaches 100:1 only on degenerate data; all-zero runs become holes and
+/// do not count).
+pub const EXPANSION_ALLOWANCE: u64 = 64 << 20;
+
 /// What [`fetch`] did. Holds the cache lock until dropped, so that a build reading the image
 /// cannot have it removed under it by `pi-image cache clean`.
 #[derive(Debug)]
@@ -186,30 +223,51 @@ pub struct Fetched {
 }
 
 /// Make sure the cache holds the verified image for `remote`, downloading it if needed (unless
-/// `opts.offline`). Holds the cache lock throughout.
+/// `opts.offline`). A cached image verified less strongly than this run requires (say, fetched
+/// with `--insecure-skip-signature`, now without) is checked again online, and refused offline.
+/// Holds the cache lock throughout.
 pub fn fetch(
     cache: &Cache,
     remote: &RemoteBase,
     opts: &FetchOptions,
 ) -> Result<Fetched, FetchError> {
     let lock = cache.lock()?;
-    if let Some(entry) = cached(cache, remote)? {
-        return Ok(Fetched {
-            entry,
-            downloaded: false,
-            lock,
-        });
-    }
-    if opts.offline {
+    // Loads the trusted key first: a missing or broken key is reported before anything else.
+    let want = required(remote, opts)?;
+    let found = cached(cache, remote)?;
+    if let Some(entry) = found {
+        if satisfies(entry.meta.verification.as_ref(), &want.verification) {
+            return Ok(Fetched {
+                entry,
+                downloaded: false,
+                lock,
+            });
+        }
+        if opts.offline {
+            return Err(FetchError::WeakerCache {
+                url: remote.url.clone(),
+                have: entry.meta.verification.as_ref().map_or(
+                    "of unknown verification (cached by an older pi-image)".into(),
+                    |v| v.to_string(),
+                ),
+                want: want.verification.to_string(),
+            });
+        }
+    } else if opts.offline {
         return Err(FetchError::NotCached {
             url: remote.url.clone(),
             cache: cache.dir().to_owned(),
         });
     }
     let client = client(&remote.url)?;
-    let (expected, verified_by) = expected_sha256(&client, remote, opts)?;
-    // The same file may already be cached from another URL (a mirror).
-    if let Some(entry) = cache.get(&expected)? {
+    let (expected, verification) = expected_sha256(&client, remote, &want)?;
+    // The same file may already be cached: from this URL, verified less strongly before (then
+    // the check just made is recorded), or from another URL (a mirror).
+    if let Some(mut entry) = cache.get(&expected)? {
+        let have = entry.meta.verification.as_ref();
+        if verification.is_verified() && !have.is_some_and(Verification::is_verified) {
+            cache.reverified(&mut entry, verification)?;
+        }
         return Ok(Fetched {
             entry,
             downloaded: false,
@@ -218,7 +276,7 @@ pub fn fetch(
     }
     let mut attempt = 0;
     let done = loop {
-        match download(&client, cache, remote, &expected, &verified_by, opts) {
+        match download(&client, cache, remote, &expected, &verification, opts) {
             Ok(done) => break done,
             Err(Attempt::Retry(e)) if attempt < opts.retries => {
                 attempt += 1;
@@ -242,7 +300,8 @@ pub fn fetch(
         compressed_size: stats.compressed_size,
         raw_sha256: stats.raw_sha256,
         raw_size: stats.raw_size,
-        verified_by,
+        verification: Some(verification),
+        verified_by: None,
         fetched_at: now.clone(),
         last_used: now,
     };
@@ -254,6 +313,60 @@ pub fn fetch(
         downloaded: true,
         lock,
     })
+}
+
+/// What a run requires of the base: how its sha256 must be established, and the key that
+/// checks `SHA256SUMS` when it is signed.
+struct Required {
+    verification: Verification,
+    key: Option<signature::TrustedKey>,
+}
+
+/// The verification `remote` and `opts` require, without the network: the pinned sha256, else
+/// `SHA256SUMS` signed by the trusted key (`--signing-key`, else the profile's
+/// `base_signing_key`, else the built-in Ubuntu key), else with `--insecure-skip-signature` an
+/// unsigned `SHA256SUMS`.
+fn required(remote: &RemoteBase, opts: &FetchOptions) -> Result<Required, FetchError> {
+    if remote.sha256.is_some() {
+        return Ok(Required {
+            verification: Verification::PinnedSha256,
+            key: None,
+        });
+    }
+    let Some(sums_url) = remote.sha256sums.clone() else {
+        // The profile refuses a URL with neither; say so if a caller builds one by hand.
+        return Err(FetchError::BadSums {
+            sums_url: remote.url.clone(),
+            reason: "no sha256 and no SHA256SUMS URL to verify the download against".into(),
+        });
+    };
+    match &opts.signature {
+        SignaturePolicy::Skip => Ok(Required {
+            verification: Verification::UnsignedSha256sums { sums_url },
+            key: None,
+        }),
+        SignaturePolicy::Verify(key) => {
+            let key =
+                signature::load_trusted_key(key.as_deref().or(remote.signing_key.as_deref()))?;
+            Ok(Required {
+                verification: Verification::SignedSha256sums {
+                    sums_url,
+                    key_fingerprint: key.fingerprint(),
+                },
+                key: Some(key),
+            })
+        }
+    }
+}
+
+/// Whether an image verified as `have` may be used where `want` is required. A pinned sha256
+/// is the cache key itself, so any image found under it qualifies; a signed `SHA256SUMS` needs
+/// the same file and key; an unsigned one (the user gave up on signatures) takes anything.
+fn satisfies(have: Option<&Verification>, want: &Verification) -> bool {
+    match want {
+        Verification::PinnedSha256 | Verification::UnsignedSha256sums { .. } => true,
+        Verification::SignedSha256sums { .. } => have == Some(want),
+    }
 }
 
 /// The release in a raw image's root filesystem (`PRETTY_NAME` of `/etc/os-release`), for
@@ -352,16 +465,17 @@ fn get(
     }
 }
 
-/// The sha256 the download must have, and where it came from.
+/// The sha256 the download must have, and how it was established: the pinned one (checked
+/// against `SHA256SUMS` too when the profile names one), or the line in `SHA256SUMS`, whose
+/// signature is checked unless the user skipped it.
 fn expected_sha256(
     client: &reqwest::blocking::Client,
     remote: &RemoteBase,
-    opts: &FetchOptions,
-) -> Result<(String, String), FetchError> {
+    want: &Required,
+) -> Result<(String, Verification), FetchError> {
     let Some(sums_url) = &remote.sha256sums else {
         return match &remote.sha256 {
-            Some(pinned) => Ok((pinned.clone(), "pinned sha256 in the profile".into())),
-            // The profile refuses a URL with neither; say so if a caller builds one by hand.
+            Some(pinned) => Ok((pinned.clone(), Verification::PinnedSha256)),
             None => Err(FetchError::BadSums {
                 sums_url: remote.url.clone(),
                 reason: "no sha256 and no SHA256SUMS URL to verify the download against".into(),
@@ -369,24 +483,18 @@ fn expected_sha256(
         };
     };
     let sums = get_small(client, sums_url)?;
-    if remote.sha256.is_none() {
-        // The sha256 comes from SHA256SUMS alone, so SHA256SUMS must be authentic.
-        match &opts.signature {
-            SignaturePolicy::Skip => eprintln!(
-                "pi-image: WARNING: --insecure-skip-signature: NOT checking the OpenPGP signature of {sums_url}; \
-                 the image is verified only against a checksum file that anyone on the network path could have replaced"
-            ),
-            SignaturePolicy::Verify(key) => {
-                let sig_url = format!("{sums_url}.gpg");
-                // --signing-key wins over the profile's base_signing_key, which wins over the
-                // built-in Ubuntu key. The key is loaded first: a missing or broken key is
-                // reported before anything is downloaded.
-                let key = key.as_deref().or(remote.signing_key.as_deref());
-                let key = signature::load_trusted_key(key)?;
-                let sig = get_small(client, &sig_url)?;
-                signature::verify_detached(&key, &sums, &sig, &sig_url)?;
-            }
+    match &want.key {
+        Some(key) => {
+            // The sha256 comes from SHA256SUMS alone, so SHA256SUMS must be authentic.
+            let sig_url = format!("{sums_url}.gpg");
+            let sig = get_small(client, &sig_url)?;
+            signature::verify_detached(key, &sums, &sig, &sig_url)?;
         }
+        None if remote.sha256.is_none() => eprintln!(
+            "pi-image: WARNING: --insecure-skip-signature: NOT checking the OpenPGP signature of {sums_url}; \
+             the image is checked only against a checksum file that anyone on the network path could have replaced"
+        ),
+        None => {}
     }
     let name = percent_decode(remote.file_name());
     let listed = sums::parse(&sums)
@@ -412,7 +520,7 @@ fn expected_sha256(
             pinned: pinned.clone(),
         });
     }
-    Ok((listed, sums_url.clone()))
+    Ok((listed, want.verification.clone()))
 }
 
 /// GET a small file (SHA256SUMS, its signature) into memory, refusing anything over 1 MiB.
@@ -483,6 +591,74 @@ struct Shared {
     decode_error: Option<String>,
     raw_hasher: Sha256,
     progress: Progress,
+    /// The most compressed bytes there may be: `base_size`, else Content-Length, else
+    /// [`MAX_DOWNLOAD_SIZE`]; and which of them.
+    max_compressed: (u64, &'static str),
+    /// Raw bytes decoded so far.
+    raw: u64,
+    /// Of those, bytes in non-zero 4 KiB blocks (what takes disk space).
+    data: u64,
+    /// The bound passed, if one was.
+    bound_error: Option<String>,
+}
+
+impl Shared {
+    /// Count `n` more compressed bytes, refusing the first byte past the bound.
+    fn received(&mut self, n: usize) -> io::Result<()> {
+        let (max, what) = self.max_compressed;
+        if self.received + n as u64 > max {
+            return Err(self.passed(format!(
+                "stopped at byte {} of the download: more than the {max} bytes of {what}",
+                max + 1
+            )));
+        }
+        self.received += n as u64;
+        let received = self.received;
+        self.progress.set(received);
+        Ok(())
+    }
+
+    /// Count decoded bytes `buf`, refusing the first one past the raw size or expansion bound.
+    fn decoded(&mut self, buf: &[u8]) -> io::Result<()> {
+        let start = self.raw;
+        self.raw += buf.len() as u64;
+        if self.raw > MAX_RAW_SIZE {
+            return Err(self.passed(format!(
+                "stopped at byte {} of the raw image: an image is at most {} GiB",
+                MAX_RAW_SIZE + 1,
+                MAX_RAW_SIZE >> 30
+            )));
+        }
+        // 4 KiB blocks aligned in the image; the first and last may be partial here.
+        let mut at = 0;
+        while at < buf.len() {
+            let block_end = ((start + at as u64) / 4096 + 1) * 4096;
+            let end = buf
+                .len()
+                .min(usize::try_from(block_end - start).unwrap_or(usize::MAX));
+            if !is_zero(&buf[at..end]) {
+                self.data += (end - at) as u64;
+            }
+            at = end;
+        }
+        let allowed = EXPANSION_ALLOWANCE + MAX_EXPANSION * self.received;
+        if self.data > allowed {
+            return Err(self.passed(format!(
+                "stopped at byte {} of the raw image: {} bytes of data from {} compressed bytes \
+                 is more than {MAX_EXPANSION} times as much plus {} MiB (a decompression bomb?)",
+                self.raw,
+                self.data,
+                self.received,
+                EXPANSION_ALLOWANCE >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    fn passed(&mut self, reason: String) -> io::Error {
+        self.bound_error = Some(reason);
+        io::Error::other("size bound passed")
+    }
 }
 
 /// The compressed bytes: first the `.part` file's (a resume), then the network's, which are
@@ -500,10 +676,8 @@ impl Read for Tee {
             let n = replay.read(buf)?;
             if n > 0 {
                 let mut s = self.shared.borrow_mut();
+                s.received(n)?;
                 s.hasher.update(&buf[..n]);
-                s.received += n as u64;
-                let received = s.received;
-                s.progress.set(received);
                 return Ok(n);
             }
             self.replay = None;
@@ -515,16 +689,13 @@ impl Read for Tee {
                 return Err(e);
             }
         };
+        self.shared.borrow_mut().received(n)?;
         if let Err(e) = self.part.write_all(&buf[..n]) {
             let kind = e.kind();
             self.shared.borrow_mut().part_error = Some(e);
             return Err(io::Error::new(kind, "writing the .part file failed"));
         }
-        let mut s = self.shared.borrow_mut();
-        s.hasher.update(&buf[..n]);
-        s.received += n as u64;
-        let received = s.received;
-        s.progress.set(received);
+        self.shared.borrow_mut().hasher.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -539,7 +710,9 @@ impl Read for Decoded {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.shared.borrow_mut().raw_hasher.update(&buf[..n]);
+                let mut s = self.shared.borrow_mut();
+                s.decoded(&buf[..n])?;
+                s.raw_hasher.update(&buf[..n]);
                 Ok(n)
             }
             Err(e) => {
@@ -557,7 +730,7 @@ fn download(
     cache: &Cache,
     remote: &RemoteBase,
     expected: &str,
-    verified_by: &str,
+    verification: &Verification,
     opts: &FetchOptions,
 ) -> Result<(PendingOutput, Stats), Attempt> {
     let url = remote.url.as_str();
@@ -580,7 +753,7 @@ fn download(
         let resumes_here = status == reqwest::StatusCode::PARTIAL_CONTENT
             && content_range_start(&resp) == Some(part_len);
         if resumes_here {
-            total = total.map(|t| t + part_len);
+            total = total.and_then(|t| t.checked_add(part_len));
         } else {
             if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
                 // The .part is as long as the file or longer: start again.
@@ -605,16 +778,38 @@ fn download(
             status: format!("{status} to a request without Range"),
         }));
     }
+    let max_compressed = match (remote.size, total) {
+        (Some(size), Some(t)) if t != size => {
+            return Err(Attempt::Fatal(FetchError::Size {
+                url: url.to_string(),
+                reason: format!(
+                    "the server announces {t} bytes, but the profile's base_size is {size}; not downloaded"
+                ),
+            }));
+        }
+        (Some(size), _) => (size, "base_size in the profile"),
+        (None, Some(t)) => (t, "the server's Content-Length"),
+        (None, None) => (
+            MAX_DOWNLOAD_SIZE,
+            "the limit for a download of unknown size",
+        ),
+    };
+    // Never through a symlink planted at the name.
     let part = OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&part_path)
         .map_err(|e| fatal_io(&part_path, e))?;
     // A restart (or a .part longer than what we resume from) drops the old bytes.
     part.set_len(part_len)
         .map_err(|e| fatal_io(&part_path, e))?;
     let replay = if part_len > 0 {
-        let f = File::open(&part_path).map_err(|e| fatal_io(&part_path, e))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&part_path)
+            .map_err(|e| fatal_io(&part_path, e))?;
         Some(BufReader::with_capacity(NET_BUF, f))
     } else {
         None
@@ -634,6 +829,10 @@ fn download(
             opts.progress,
             None,
         ),
+        max_compressed,
+        raw: 0,
+        data: 0,
+        bound_error: None,
     }));
     let mut tee = Tee {
         replay,
@@ -651,9 +850,25 @@ fn download(
             part: part_path.clone(),
         })
     };
+    let delete_part = || fs::remove_file(&part_path).or_else(ignore_missing);
+    // Unverified bytes past a bound are deleted: they are not worth resuming.
+    let bound = |reason: String| -> Attempt {
+        if let Err(e) = delete_part() {
+            return fatal_io(&part_path, e);
+        }
+        Attempt::Fatal(FetchError::Size {
+            url: url.to_string(),
+            reason: format!("{reason}; the download was deleted"),
+        })
+    };
     if let Err(e) = (&mut tee).take(6).read_to_end(&mut head) {
-        let s = shared.borrow_mut().part_error.take();
-        return Err(match s {
+        let mut s = shared.borrow_mut();
+        if let Some(reason) = s.bound_error.take() {
+            return Err(bound(reason));
+        }
+        let pe = s.part_error.take();
+        drop(s);
+        return Err(match pe {
             Some(pe) => fatal_io(&part_path, pe),
             None => cut(&shared, chain(&e)),
         });
@@ -672,10 +887,12 @@ fn download(
     let mut s = shared.borrow_mut();
     s.progress.finish(copied.is_ok());
     let actual = hex(&std::mem::take(&mut s.hasher).finalize());
-    let delete_part = || fs::remove_file(&part_path).or_else(ignore_missing);
     let raw_size = match copied {
         Ok(n) => n,
         Err(e) => {
+            if let Some(reason) = s.bound_error.take() {
+                return Err(bound(reason));
+            }
             if let Some(reason) = s.net_error.take() {
                 drop(s);
                 return Err(cut(&shared, reason));
@@ -702,7 +919,11 @@ fn download(
             url: url.to_string(),
             actual,
             expected: expected.to_string(),
-            verified_by: verified_by.to_string(),
+            source_of_expected: match verification {
+                Verification::PinnedSha256 => "the sha256 pinned in the profile".into(),
+                Verification::SignedSha256sums { sums_url, .. }
+                | Verification::UnsignedSha256sums { sums_url } => sums_url.clone(),
+            },
         }));
     }
     let stats = Stats {

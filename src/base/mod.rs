@@ -17,6 +17,8 @@ use crate::profile::BaseSpec;
 #[derive(Debug)]
 pub struct BaseImage {
     path: PathBuf,
+    /// For a download: the verified sha256 of the file downloaded (the cache key).
+    download_sha256: Option<String>,
     lock: Option<CacheLock>,
 }
 
@@ -32,6 +34,7 @@ impl BaseImage {
         match spec {
             BaseSpec::Path(p) => Ok(BaseImage {
                 path: p.clone(),
+                download_sha256: None,
                 lock: None,
             }),
             BaseSpec::Url(remote) => {
@@ -40,6 +43,7 @@ impl BaseImage {
                 cache.touch(&mut fetched.entry)?;
                 Ok(BaseImage {
                     path: fetched.entry.image,
+                    download_sha256: Some(fetched.entry.meta.compressed_sha256),
                     lock: Some(fetched.lock),
                 })
             }
@@ -49,6 +53,11 @@ impl BaseImage {
     /// The image file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// For a downloaded base, the verified sha256 of the downloaded file; `None` for a local file.
+    pub fn download_sha256(&self) -> Option<&str> {
+        self.download_sha256.as_deref()
     }
 
     /// Make sure the cache lock is held (a local base holds none yet) for work that also keeps

@@ -5,12 +5,19 @@
 //! the trusted key unless the user names another (`base_signing_key` in the profile, or
 //! `--signing-key FILE`). Its fingerprint is checked against [`UBUNTU_CDIMAGE_2012_FINGERPRINT`] in
 //! the tests, by `gpg` as well as by this module.
+//!
+//! Refused, beyond a signature that does not verify: a trusted key that is revoked or expired
+//! (then nothing is downloaded), a revoked or expired signing subkey, a signature that has
+//! expired or was made with a weak hash (MD5, SHA-1, RIPEMD-160: collisions can be bought).
 
 use std::io::Cursor;
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
-use pgp::types::KeyDetails;
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::packet::{Signature, SignatureType};
+use pgp::types::{KeyDetails, Timestamp};
 
 /// Fingerprint of "Ubuntu CD Image Automatic Signing Key (2012) <cdimage@ubuntu.com>", which
 /// signs the `SHA256SUMS` of Ubuntu's release images.
@@ -88,7 +95,104 @@ fn parse_key(bytes: &[u8], source_name: String) -> Result<TrustedKey, SignatureE
     .map_err(|e| key_err(e.to_string()))?;
     key.verify_bindings()
         .map_err(|e| key_err(format!("invalid self-signature: {e}")))?;
+    // verify_bindings checked the revocations: one that is there is valid.
+    if let Some(r) = key.details.revocation_signatures.first() {
+        return Err(key_err(format!(
+            "the key {:X} is revoked{}",
+            key.fingerprint(),
+            r.created()
+                .map(|t| format!(" since {}", date(t)))
+                .unwrap_or_default()
+        )));
+    }
+    let self_sigs = key
+        .details
+        .users
+        .iter()
+        .flat_map(|u| &u.signatures)
+        .chain(&key.details.direct_signatures);
+    if let Some(end) = expiry(key.primary_key.created_at(), self_sigs)
+        && end <= now()
+    {
+        return Err(key_err(format!(
+            "the key {:X} expired on {}",
+            key.fingerprint(),
+            date(Timestamp::from_secs(end))
+        )));
+    }
     Ok(TrustedKey { key, source_name })
+}
+
+/// Seconds since 1970, now.
+fn now() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+/// `YYYY-MM-DD` of an OpenPGP time.
+fn date(t: Timestamp) -> String {
+    let d = crate::io::calendar::UtcDateTime::from_unix(i64::from(t.as_secs()));
+    format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+}
+
+/// When a key created at `created` expires (seconds since 1970), as its newest self-signature
+/// says; `None` if it does not.
+fn expiry<'a>(created: Timestamp, self_sigs: impl Iterator<Item = &'a Signature>) -> Option<u32> {
+    let newest = self_sigs.max_by_key(|s| s.created().map_or(0, |t| t.as_secs()))?;
+    let valid_for = newest.key_expiration_time()?.as_secs();
+    (valid_for > 0).then(|| created.as_secs().saturating_add(valid_for))
+}
+
+/// Why a signature is refused before checking it cryptographically, if it is.
+fn refused(sig: &Signature) -> Option<String> {
+    let hash = sig.hash_alg();
+    if matches!(
+        hash,
+        Some(HashAlgorithm::Md5 | HashAlgorithm::Sha1 | HashAlgorithm::Ripemd160) | None
+    ) {
+        return Some(format!(
+            "made with {}, a hash algorithm too weak to trust",
+            hash.map_or_else(|| "an unknown hash".to_string(), |h| h.to_string())
+        ));
+    }
+    let created = sig.created()?;
+    if let Some(valid_for) = sig.signature_expiration_time().map(|d| d.as_secs())
+        && valid_for > 0
+        && created.as_secs().saturating_add(valid_for) <= now()
+    {
+        return Some(format!(
+            "expired on {}",
+            date(Timestamp::from_secs(
+                created.as_secs().saturating_add(valid_for)
+            ))
+        ));
+    }
+    None
+}
+
+/// Why the signing subkey `sub` may not be used, if it may not: revoked, or expired.
+fn subkey_unusable(sub: &pgp::composed::SignedPublicSubKey) -> Option<String> {
+    if sub
+        .signatures
+        .iter()
+        .any(|s| s.typ() == Some(SignatureType::SubkeyRevocation))
+    {
+        return Some(format!("the subkey {:X} is revoked", sub.key.fingerprint()));
+    }
+    let bindings = sub
+        .signatures
+        .iter()
+        .filter(|s| s.typ() == Some(SignatureType::SubkeyBinding));
+    match expiry(sub.key.created_at(), bindings) {
+        Some(end) if end <= now() => Some(format!(
+            "the subkey {:X} expired on {}",
+            sub.key.fingerprint(),
+            date(Timestamp::from_secs(end))
+        )),
+        _ => None,
+    }
 }
 
 /// Check that one of the detached signatures in `sig` (armored or binary; Ubuntu's files may
@@ -118,24 +222,33 @@ pub fn verify_detached(
     if sigs.is_empty() {
         return Err(bad("no signature in the file".into()));
     }
-    let mut last = String::new();
-    for s in &sigs {
+    let mut why = Vec::new();
+    for (i, s) in sigs.iter().enumerate() {
+        let n = i + 1;
+        if let Some(reason) = refused(&s.signature) {
+            why.push(format!("signature {n}: {reason}"));
+            continue;
+        }
         match s.verify(&key.key, data) {
             Ok(()) => return Ok(()),
-            Err(e) => last = e.to_string(),
+            Err(e) => why.push(format!("signature {n}: {e}")),
         }
         for sub in &key.key.public_subkeys {
-            match s.verify(&sub.key, data) {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e.to_string(),
+            if s.verify(&sub.key, data).is_err() {
+                continue;
+            }
+            match subkey_unusable(sub) {
+                None => return Ok(()),
+                Some(reason) => why.push(format!("signature {n}: {reason}")),
             }
         }
     }
     Err(bad(format!(
-        "no valid signature by the trusted key {} ({}) among {} ({last})",
+        "no valid signature by the trusted key {} ({}) among {} ({})",
         key.fingerprint(),
         key.source_name,
-        sigs.len()
+        sigs.len(),
+        why.join("; ")
     )))
 }
 

@@ -606,6 +606,11 @@ impl fmt::Display for Effective {
 /// not matching and recorded in the warnings. `include FILE` under a matching filter reads that
 /// file at that point with the filter state carried through; a missing file or an include loop is
 /// a warning. Later lines win for ordinary keys; repeatable keys accumulate.
+///
+/// Includes are bounded, so a crafted boot partition cannot make the evaluation take forever
+/// (`include` twice per file, forty files deep, is 2^40 files): at most [`MAX_INCLUDE_DEPTH`]
+/// files deep and [`MAX_INCLUDES`] includes in all; past either, an include is skipped with a
+/// warning.
 pub fn effective(
     root_name: &str,
     read: &dyn Fn(&str) -> Option<String>,
@@ -616,6 +621,7 @@ pub fn effective(
         model,
         filters: Filters::default(),
         stack: Vec::new(),
+        included: 0,
         out: Effective::default(),
     };
     match read(root_name) {
@@ -625,12 +631,19 @@ pub fn effective(
     eval.out
 }
 
+/// How deep includes may nest (config.txt itself is depth 1).
+pub const MAX_INCLUDE_DEPTH: usize = 16;
+/// How many includes one evaluation reads in all.
+pub const MAX_INCLUDES: usize = 256;
+
 struct Eval<'r> {
     read: &'r dyn Fn(&str) -> Option<String>,
     model: Model,
     filters: Filters,
     /// Files being read, outermost first, to refuse include loops.
     stack: Vec<String>,
+    /// Includes read so far.
+    included: usize,
     out: Effective,
 }
 
@@ -677,6 +690,19 @@ impl Eval<'_> {
             ));
             return;
         }
+        if self.stack.len() >= MAX_INCLUDE_DEPTH {
+            self.out.warnings.push(format!(
+                "{from}:{line}: include {target}: more than {MAX_INCLUDE_DEPTH} files deep; skipped"
+            ));
+            return;
+        }
+        if self.included >= MAX_INCLUDES {
+            self.out.warnings.push(format!(
+                "{from}:{line}: include {target}: more than {MAX_INCLUDES} includes in all; skipped"
+            ));
+            return;
+        }
+        self.included += 1;
         match (self.read)(target) {
             Some(text) => self.file(target, &text),
             None => self.out.warnings.push(format!(
@@ -690,6 +716,38 @@ impl Eval<'_> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn includes_are_bounded_in_depth_and_number() {
+        // Each file includes the next one twice: 2^40 reads unbounded.
+        let mut files: Vec<(String, String)> = (0..40)
+            .map(|i| {
+                (
+                    format!("f{i}.txt"),
+                    format!("k{i}=1\ninclude f{0}.txt\ninclude f{0}.txt\n", i + 1),
+                )
+            })
+            .collect();
+        files.push(("config.txt".into(), "include f0.txt\n".into()));
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        let e = eval(&refs, Model::Pi4);
+        assert!(
+            e.warnings
+                .iter()
+                .any(|w| w.contains("more than 16 files deep")),
+            "{e}"
+        );
+        assert!(
+            e.warnings
+                .iter()
+                .any(|w| w.contains("more than 256 includes in all")),
+            "{e}"
+        );
+        assert_eq!(e.get("k0"), Some("1"));
+    }
 
     fn eval(files: &[(&str, &str)], model: Model) -> Effective {
         let files: HashMap<String, String> = files

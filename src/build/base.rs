@@ -1,8 +1,9 @@
-//! What every node of a build shares, read from the base image once: its raw bytes, its boot and
-//! root partitions, its stock boot files and its release.
+//! What every node of a build shares, read from the base image once: its raw bytes and where its
+//! data lies, its boot and root partitions, its stock boot files and its release.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::BuildError;
@@ -48,6 +49,8 @@ impl RawBase {
 /// base the user gave, never the temporary decompressed copy.
 pub(super) struct BaseImage {
     raw: RawBase,
+    /// The raw base's data extents: what a copy copies (the rest are holes).
+    pub data: Vec<Range<u64>>,
     /// The base as the user gave it.
     pub name: PathBuf,
     /// The FAT boot partition.
@@ -66,6 +69,7 @@ impl BaseImage {
     pub fn prepare(base: &Path, out_dir: &Path) -> Result<BaseImage> {
         let raw = RawBase::prepare(base, out_dir)?;
         let mut file = File::open(raw.path()).at(raw.path())?;
+        let data = image::data_ranges(&file).at(raw.path())?;
         let table = PartitionTable::read_from(&mut file, base)?;
         if table.kind != TableKind::Mbr {
             return Err(BuildError::GptBase {
@@ -100,6 +104,7 @@ impl BaseImage {
         )?;
         Ok(BaseImage {
             raw,
+            data,
             name: base.to_owned(),
             boot,
             root,

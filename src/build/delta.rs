@@ -23,7 +23,7 @@ use crate::image::bootfs::{BootFs, FatTimestamp};
 use crate::image::cow::{COW_BLOCK, CowImage};
 use crate::image::partview::PartitionView;
 use crate::image::{self, PendingOutput};
-use crate::io::{AtPath, read_full};
+use crate::io::AtPath;
 use crate::plan::RootfsFile;
 use crate::plan::release::Release;
 use crate::profile::{Node, Profile, Target};
@@ -112,7 +112,7 @@ fn node_delta(
     stock: &Rootfs,
     layers: &mut Vec<(RootfsRecipe, Rootfs)>,
 ) -> Result<NodeDelta> {
-    let node_plan = node::plan(profile, node, base)?;
+    let node_plan = node::plan(profile, node, inputs, base)?;
     let temp_dir = &opts.out_dir;
     let rootfs = if node::has_rootfs_edits(inputs, &node_plan) {
         let recipe = RootfsRecipe {
@@ -152,8 +152,8 @@ fn node_delta(
     })
 }
 
-/// The root filesystem edits of `node` as a layer over the base: made in a full sparse copy of
-/// the base (libext2fs edits a file), then the root partition's blocks that differ from the
+/// The root filesystem edits of `node` as a layer over the base: made in a full copy of the
+/// base (a reflink, or its data extents copied in the kernel) (libext2fs edits a file), then the root partition's blocks that differ from the
 /// base copied into the layer, and its allocation read; the copy is removed.
 fn rootfs_layer(
     node: &Node,
@@ -164,8 +164,8 @@ fn rootfs_layer(
 ) -> Result<Rootfs> {
     let mut scratch = PendingOutput::create(&opts.out_dir.join(format!("{}.rootfs", node.name)))?;
     let temp = scratch.temp_path().to_owned();
-    let mut src = File::open(base.raw_path()).at(base.raw_path())?;
-    image::copy_sparse(&mut src, scratch.file()).at(&temp)?;
+    let src = File::open(base.raw_path()).at(base.raw_path())?;
+    image::copy_file(&src, scratch.file(), &base.data).at(&temp)?;
     node::edit_rootfs(&temp, base, node, inputs, node_plan, opts.epoch)?;
 
     let mut layer = CowImage::new(base.raw_path(), &opts.out_dir).at(&opts.out_dir)?;
@@ -177,8 +177,7 @@ fn rootfs_layer(
         let n = usize::try_from(root.end() - pos)
             .unwrap_or(COMPARE_BUF)
             .min(COMPARE_BUF);
-        src.seek(SeekFrom::Start(pos)).at(base.raw_path())?;
-        read_full(&mut src, &mut old[..n]).at(base.raw_path())?;
+        src.read_exact_at(&mut old[..n], pos).at(base.raw_path())?;
         edited.read_exact_at(&mut new[..n], pos).at(&temp)?;
         let step = COW_BLOCK as usize;
         for (i, (a, b)) in old[..n].chunks(step).zip(new[..n].chunks(step)).enumerate() {

@@ -181,13 +181,10 @@ pub struct PendingImage {
 }
 
 impl PendingImage {
-    /// Hash the image and rename it to `<out>/<node>.img`.
-    pub fn commit(mut self) -> Result<BuiltImage> {
-        let temp = self.output.temp_path().to_owned();
-        let file = self.output.file();
-        std::io::Seek::rewind(file).at(&temp)?;
-        let sha256 = crate::io::sha256_hex(file).at(&temp)?;
-        let path = self.output.commit()?;
+    /// Rename the image to `<out>/<node>.img` once synced, hashed on another core while it is
+    /// being synced.
+    pub fn commit(self) -> Result<BuiltImage> {
+        let (path, sha256) = self.output.commit_hashed()?;
         Ok(BuiltImage {
             node: self.node,
             path,
@@ -199,9 +196,9 @@ impl PendingImage {
     }
 }
 
-/// Build `nodes` of `profile` from the base image into `<out>/<node>.img`. A compressed base is
-/// decompressed once into a temporary raw image in the output directory, which every node is
-/// then copied from.
+/// Build `nodes` of `profile` from the base image into `<out>/<node>.img`, with each image's
+/// sha256. A compressed base is decompressed once into a temporary raw image in the output
+/// directory, which every node is then copied from.
 pub fn build_nodes(
     profile: &Profile,
     nodes: &[&Node],

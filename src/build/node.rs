@@ -1,6 +1,6 @@
-//! One node's image: a sparse copy of the base, its plan's boot files, overlays and EEPROM files
-//! written into the FAT boot partition, its root filesystem files into the ext4 root, and its
-//! partition table given the node's identity.
+//! One node's image: a copy of the base (a reflink, or its data extents copied in the kernel),
+//! its plan's boot files, overlays and EEPROM files written into the FAT boot partition, its
+//! root filesystem files into the ext4 root, and its partition table given the node's identity.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -61,12 +61,12 @@ pub(super) fn build(
     opts: &BuildOptions,
     base: &BaseImage,
 ) -> Result<PendingImage> {
-    let node_plan = plan(profile, node, base)?;
+    let node_plan = plan(profile, node, inputs, base)?;
     let target = opts.out_dir.join(format!("{}.img", node.name));
     let mut out = PendingOutput::create(&target)?;
     let temp = out.temp_path().to_owned();
-    let mut src = File::open(base.raw_path()).at(base.raw_path())?;
-    let size = image::copy_sparse(&mut src, out.file()).at(&temp)?;
+    let src = File::open(base.raw_path()).at(base.raw_path())?;
+    let (size, _) = image::copy_file(&src, out.file(), &base.data).at(&temp)?;
 
     let boot = &base.boot;
     let fs = BootFs::open(
@@ -89,9 +89,14 @@ pub(super) fn build(
 }
 
 /// The node's plan: its boot files, root filesystem files and disk id, from the base's stock
-/// files.
-pub(super) fn plan(profile: &Profile, node: &Node, base: &BaseImage) -> Result<NodePlan> {
-    plan::plan_node(
+/// files; its boot overlays may not replace a file the plan generates.
+pub(super) fn plan(
+    profile: &Profile,
+    node: &Node,
+    inputs: &NodeInputs,
+    base: &BaseImage,
+) -> Result<NodePlan> {
+    let node_plan = plan::plan_node(
         &profile.cluster,
         node,
         base.release,
@@ -101,7 +106,15 @@ pub(super) fn plan(profile: &Profile, node: &Node, base: &BaseImage) -> Result<N
     .map_err(|source| BuildError::Plan {
         base: base.name.clone(),
         source,
-    })
+    })?;
+    let generated = node_plan
+        .boot_files
+        .keys()
+        .map(String::as_str)
+        .chain(node_plan.decompress_kernel.then_some("vmlinux"))
+        .chain(inputs.eeprom.iter().flat_map(|_| eeprom::UPDATE_FILES));
+    overlay::check_not_generated(&inputs.overlays.boot, generated)?;
+    Ok(node_plan)
 }
 
 /// Write the plan's boot files, `vmlinux`, the boot overlays and the EEPROM files into the

@@ -43,6 +43,21 @@ pub enum OverlayError {
         /// The node that uses it.
         node: String,
     },
+    /// A boot overlay path is a file pi-image generates for the node.
+    #[error(
+        "{}: boot overlay path '{path}' is the boot file pi-image generates as '{generated}' \
+         (FAT names ignore case); it would silently replace the node's own. Put cloud-init \
+         settings in the profile's user_data, and boot settings in config_txt and cmdline",
+        overlay.display()
+    )]
+    Generated {
+        /// The overlay file or directory.
+        overlay: PathBuf,
+        /// Its path in the boot partition.
+        path: String,
+        /// The generated file it collides with.
+        generated: String,
+    },
     /// The manifest is invalid.
     #[error("{manifest}: {problem}")]
     Manifest {
@@ -189,6 +204,33 @@ pub fn load_node(
         }
     }
     Ok(loaded)
+}
+
+/// Refuse boot overlay `entries` at a path pi-image writes itself (`generated`: the plan's boot
+/// files, `vmlinux`, the EEPROM update files), compared as FAT does, ignoring case: an overlay
+/// `USER-DATA` would otherwise replace the node's cloud-init seed (hostname, keys, password
+/// rules) while `meta-data` kept an instance id for the old one.
+pub fn check_not_generated<'a>(
+    entries: &[OverlayEntry],
+    generated: impl IntoIterator<Item = &'a str> + Clone,
+) -> Result<(), OverlayError> {
+    for entry in entries {
+        let hit = generated
+            .clone()
+            .into_iter()
+            .find(|g| g.to_lowercase() == entry.path.to_lowercase());
+        if let Some(generated) = hit {
+            return Err(OverlayError::Generated {
+                overlay: match &entry.kind {
+                    OverlayKind::File { source, .. } => source.clone(),
+                    _ => PathBuf::from(&entry.path),
+                },
+                path: entry.path.clone(),
+                generated: generated.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// An upper bound on the free bytes applying `entries` takes from a filesystem with 4 KiB
@@ -363,7 +405,7 @@ fn apply_manifest(manifest: &Path, entries: &mut [OverlayEntry]) -> Result<(), O
                 "owner" => {
                     (entry.attrs.uid, entry.attrs.gid) = parse_owner(text).ok_or_else(|| {
                         at(&format!(
-                            "owner '{text}' is not \"uid:gid\" with numeric ids or root, like \"0:0\", \"1000:1000\" or \"root\""
+                            "owner '{text}' is not \"uid:gid\" with numeric ids (0 to 4294967294) or root, like \"0:0\", \"1000:1000\" or \"root\""
                         ))
                     })?;
                 }
@@ -386,13 +428,14 @@ fn parse_mode(text: &str) -> Option<u32> {
 }
 
 /// Owner ids: numbers, or `root`. Other names are refused because they mean whatever the
-/// image's /etc/passwd says, which the build host cannot know reliably.
+/// image's /etc/passwd says, which the build host cannot know reliably. 4294967295 is -1,
+/// which chown and the kernel read as "leave unchanged", never a real owner.
 fn parse_owner(text: &str) -> Option<(u32, u32)> {
     let id = |s: &str| {
         if s == "root" {
             Some(0)
         } else if s.bytes().all(|b| b.is_ascii_digit()) {
-            s.parse().ok()
+            s.parse().ok().filter(|&id| id != u32::MAX)
         } else {
             None
         }
@@ -449,6 +492,8 @@ mod tests {
             "1:",
             "-1:0",
             "1:2:3",
+            "4294967295:0",
+            "0:4294967295",
         ] {
             assert_eq!(parse_owner(bad), None, "{bad}");
         }

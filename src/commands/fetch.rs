@@ -19,14 +19,19 @@ pub fn fetch(global: &Global, args: FetchArgs) -> anyhow::Result<()> {
     let cache = Cache::open_or_default(global.cache_dir())?;
     let fetched = fetch::fetch(&cache, remote, &args.options())?;
     let m = &fetched.entry.meta;
+    // Says "verified" only for a pinned sha256 or a checked signature.
+    let how = m.verification.as_ref().map_or_else(
+        || "verification unknown (cached by an older pi-image)".to_string(),
+        |v| v.to_string(),
+    );
     println!(
-        "{}  {} MiB raw  sha256 {}  {}  ({})",
+        "{}  {} MiB raw  sha256 {}  {}  ({}; {how})",
         fetched.entry.image.display(),
         m.raw_size >> 20,
         m.compressed_sha256,
         m.release.as_deref().unwrap_or("release unknown"),
         if fetched.downloaded {
-            "downloaded and verified"
+            "downloaded"
         } else {
             "already cached"
         }

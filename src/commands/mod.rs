@@ -4,32 +4,64 @@
 mod bmap;
 mod build;
 mod cache;
+mod completions;
 mod devices;
 mod eeprom;
 mod extract;
 mod fetch;
 mod flash;
 pub mod inspect;
+mod man;
 mod nodes;
+mod preview;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::base::BaseImage;
 use crate::cli::{FetchArgs, Global};
+use crate::outdir::Request;
 use crate::profile::{self, BaseSpec, Node, Profile};
 
 pub use self::bmap::bmap;
 pub use self::build::build;
 pub use self::cache::cache;
+pub use self::completions::completions;
 pub use self::devices::devices;
 pub use self::eeprom::eeprom;
 pub use self::extract::extract;
 pub use self::fetch::fetch;
 pub use self::flash::{flash, verify};
 pub use self::inspect::inspect;
+pub use self::man::man;
 pub use self::nodes::nodes;
+pub use self::preview::preview;
+
+/// The exit status for a `verify` that found a difference (1 is any other error, 2 a usage
+/// error, as clap has it).
+pub const EXIT_DIFFERS: u8 = 3;
+
+/// `verify` found the disk to differ from the image (the error says where): exit status
+/// [`EXIT_DIFFERS`].
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Differs(pub crate::flash::FlashError);
+
+/// The exit status for a failed command: [`EXIT_DIFFERS`] for [`Differs`], else 1.
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Differs>().is_some() {
+        EXIT_DIFFERS
+    } else {
+        1
+    }
+}
+
+/// Print `value` as one JSON document (pretty, with a final newline) on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("encoding the JSON output")?;
+    println!("{text}");
+    Ok(())
+}
 
 /// The profile at `path`, loaded and validated.
 fn load_profile(path: &Path) -> anyhow::Result<Profile> {
@@ -52,23 +84,24 @@ fn find_node<'p>(profile: &'p Profile, name: &str) -> anyhow::Result<&'p Node> {
     })
 }
 
-/// The base to build from: `--base` if given, else the profile's (fetched into the cache if it
-/// is a URL the cache lacks).
-fn resolve_base(
-    profile: &Profile,
+/// What node images are built from: `profile`, its base or `--base`, the cache and fetch
+/// options given, and `SOURCE_DATE_EPOCH`.
+fn request<'a>(
+    profile: &'a Profile,
     base: Option<PathBuf>,
-    global: &Global,
+    global: &'a Global,
     fetch: &FetchArgs,
-) -> anyhow::Result<BaseImage> {
-    let spec = match base {
-        Some(b) => BaseSpec::Path(b),
-        None => profile.base.clone(),
-    };
-    Ok(BaseImage::resolve(
-        &spec,
-        global.cache_dir(),
-        &fetch.options(),
-    )?)
+) -> anyhow::Result<Request<'a>> {
+    Ok(Request {
+        profile,
+        base: match base {
+            Some(b) => BaseSpec::Path(b),
+            None => profile.base.clone(),
+        },
+        cache_dir: global.cache_dir(),
+        fetch: fetch.options(),
+        epoch: source_date_epoch()?,
+    })
 }
 
 /// `SOURCE_DATE_EPOCH` (reproducible-builds.org) or the fixed default.

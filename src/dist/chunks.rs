@@ -1,6 +1,7 @@
 //! Chunked compression of disk images, with a cache of compressed chunks.
 //!
-//! The raw image is cut into [`CHUNK_SIZE`] pieces, each compressed on its own: an xz stream, a
+//! The raw image is cut into pieces of at most [`CHUNK_SIZE`] ([`layout`](super::layout)), each
+//! compressed on its own: an xz stream, a
 //! zstd frame or a gzip member. Concatenated, they form one valid `.xz`/`.zst`/`.gz` file that
 //! `xz -d`, `zstd -d`, `gzip -d` and Raspberry Pi Imager read as a whole. Each compressed chunk is
 //! kept in a [`ChunkStore`] keyed by the sha256 of its raw bytes, so nodes built from the same base
@@ -9,12 +10,21 @@
 //!
 //! Output never depends on the number of threads: each chunk is compressed single-threaded with
 //! fixed settings, and the file is assembled in chunk order.
+//!
+//! The store is a cache on disk, so a chunk in it is not trusted: the first time a run reuses a
+//! chunk, it is decompressed and its raw sha256 (its file name) checked; a chunk that fails is
+//! compressed again, with a warning. The sha256 of every chunk's compressed bytes, as compressed
+//! or checked, is kept for the run, and each chunk is hashed again as it is copied into an
+//! artifact, so an artifact always decompresses to the raw image whose sha256 it is published
+//! with, even if a chunk file is replaced while the run uses it.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -22,7 +32,7 @@ use super::layout::{Cell, sha256_range};
 use crate::base::cache::Cleaned;
 use crate::image::cow::CowImage;
 use crate::image::{ImageError, PendingOutput};
-use crate::io::{AtPath, PathError, hex};
+use crate::io::{AtPath, PathError, hex, tempfiles};
 
 /// Raw bytes per chunk: 32 MiB. Four times xz -6's 8 MiB dictionary, so a chunk boundary costs
 /// little ratio (the size grows well under 2 % against one stream), while a node's few edits
@@ -55,6 +65,15 @@ pub enum ChunkError {
     /// A chunk file could not be written or moved into place.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A chunk file changed between being checked and being copied into the artifact.
+    #[error(
+        "{}: changed while this run was using it (another process writing the chunk store?); nothing was published",
+        chunk.display()
+    )]
+    Changed {
+        /// The chunk file.
+        chunk: PathBuf,
+    },
 }
 
 /// A compression format for release artifacts.
@@ -196,13 +215,26 @@ impl Compression {
     }
 }
 
-/// Compressed chunks on disk: `<cache>/chunks/<codec>-<level>/<sha256 of the raw chunk>.<ext>`.
-/// Each file is written to a temp file, fsynced and renamed, so a chunk under its final name is
-/// always complete; two runs writing the same chunk write the same bytes.
-#[derive(Debug, Clone)]
+/// Compressed chunks on disk: `<cache>/chunks/<codec>-<level>/<sha256 of the raw chunk>.<ext>`,
+/// or a shared-chunk release's `chunks/` ([`ChunkStore::in_dir`]). Each file is written to a
+/// temp file, fsynced and renamed, so a chunk under its final name is always complete; two runs
+/// writing the same chunk write the same bytes.
+#[derive(Debug)]
 pub struct ChunkStore {
     dir: PathBuf,
     compression: Compression,
+    /// Chunks this run compressed or checked: raw sha256 (the key) → the compressed file as it
+    /// was then.
+    trusted: Mutex<HashMap<String, StoredChunk>>,
+}
+
+/// A chunk file as this run compressed or checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its sha256, hex.
+    pub sha256: String,
 }
 
 impl ChunkStore {
@@ -213,16 +245,17 @@ impl ChunkStore {
             compression.codec.name(),
             compression.level
         ));
-        fs::create_dir_all(&dir).at(&dir)?;
-        Ok(ChunkStore { dir, compression })
+        Self::in_dir(&dir, compression)
     }
 
     /// A store in `dir` itself (created if needed), e.g. a shared-chunk release's `chunks/`.
     pub fn in_dir(dir: &Path, compression: Compression) -> Result<ChunkStore, ChunkError> {
         fs::create_dir_all(dir).at(dir)?;
+        tempfiles::sweep_stale(dir).at(dir)?;
         Ok(ChunkStore {
             dir: dir.to_owned(),
             compression,
+            trusted: Mutex::new(HashMap::new()),
         })
     }
 
@@ -250,14 +283,14 @@ impl ChunkStore {
             if !dir.is_dir() {
                 continue;
             }
+            cleaned.remove_temps(&dir)?;
             for chunk in fs::read_dir(&dir).at(&dir)? {
                 let path = chunk.at(&dir)?.path();
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let ours = [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e))
-                    || (name.starts_with('.') && name.ends_with(".tmp"));
+                let ours = [".xz", ".zst", ".gz"].iter().any(|e| name.ends_with(e));
                 if ours && path.is_file() {
                     cleaned.remove(&path)?;
                 }
@@ -266,32 +299,61 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Whether the chunk file for `key` decompresses to at most [`CHUNK_SIZE`] bytes whose
-    /// sha256 is `key` (a file left by an earlier run is checked before it is reused).
-    pub fn holds(&self, key: &str) -> Result<bool, ChunkError> {
-        let path = self.path(key);
-        let file = File::open(&path).at(&path)?;
-        let decoded = crate::image::decoder(
-            self.compression.codec.format(),
-            BufReader::with_capacity(BUF, file),
-        );
-        // A file that does not decode is not the chunk either.
-        let sha = crate::io::sha256_hex(&mut decoded.take(CHUNK_SIZE + 1));
-        Ok(sha.is_ok_and(|sha| sha == key))
-    }
-
-    /// The length and sha256 (hex) of the chunk file for `key`.
-    pub fn file_digest(&self, key: &str) -> Result<(u64, String), ChunkError> {
-        let path = self.path(key);
-        let mut file = File::open(&path).at(&path)?;
-        let len = file.metadata().at(&path)?.len();
-        Ok((len, crate::io::sha256_hex(&mut file).at(&path)?))
-    }
-
     /// Where the chunk whose raw bytes have the sha256 `key` is kept.
     pub fn path(&self, key: &str) -> PathBuf {
         self.dir
             .join(format!("{key}.{}", self.compression.codec.extension()))
+    }
+
+    fn trusted(&self) -> std::sync::MutexGuard<'_, HashMap<String, StoredChunk>> {
+        self.trusted.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The chunk file of `key` as this run compressed or checked it, if it did.
+    pub fn stored(&self, key: &str) -> Option<StoredChunk> {
+        self.trusted().get(key).cloned()
+    }
+
+    /// Check a stored chunk not yet trusted in this run: it must decompress to exactly
+    /// `raw_len` bytes whose sha256 is `key`. Returns whether it does (and trusts it then).
+    fn check(&self, key: &str, raw_len: u64) -> Result<bool, ChunkError> {
+        let path = self.path(key);
+        let file = File::open(&path).at(&path)?;
+        // A compressed chunk is never much larger than its raw bytes; a larger file is bad.
+        let limit = raw_len + raw_len / 8 + (1 << 20);
+        let mut compressed = Vec::new();
+        (&file)
+            .take(limit + 1)
+            .read_to_end(&mut compressed)
+            .at(&path)?;
+        if compressed.len() as u64 > limit {
+            return Ok(false);
+        }
+        let stored = StoredChunk {
+            len: compressed.len() as u64,
+            sha256: hex(&Sha256::digest(&compressed)),
+        };
+        let decoded =
+            crate::image::decoder(self.compression.codec.format(), io::Cursor::new(compressed));
+        let mut decoded = decoded.take(raw_len + 1);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; BUF];
+        let mut len = 0u64;
+        loop {
+            match decoded.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    len += n as u64;
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+        if len != raw_len || hex(&hasher.finalize()) != key {
+            return Ok(false);
+        }
+        self.trusted().insert(key.to_string(), stored);
+        Ok(true)
     }
 }
 
@@ -310,15 +372,16 @@ pub struct Compressed {
     pub raw_sha256: String,
     /// How many chunks the image has.
     pub chunks: usize,
-    /// How many distinct chunks had to be compressed now.
+    /// Distinct chunks compressed now.
     pub compressed: usize,
-    /// How many chunks were taken from the store as they were (compressed by an earlier node or run).
+    /// Chunks (positions) taken from the store as it was.
     pub reused: usize,
 }
 
-/// Compress `image` (named `name` in errors), cut into `cells` whose raw sha256 are `keys`, into
-/// `out` (renamed into place only when complete) with the chunks of `store`, compressing missing
-/// chunks on `jobs` threads while one more thread hashes the whole image.
+/// Compress `image` (named `name` in errors), cut into `cells` whose raw sha256 are `keys`, for
+/// `out` with the chunks of `store`, compressing missing chunks on `jobs` threads while one more
+/// thread hashes the whole image. The file is left in its temp file beside `out`: commit it to
+/// publish it.
 pub fn compress_image(
     image: &CowImage,
     name: &Path,
@@ -327,7 +390,7 @@ pub fn compress_image(
     out: &Path,
     store: &ChunkStore,
     jobs: usize,
-) -> Result<Compressed, ChunkError> {
+) -> Result<(Compressed, PendingOutput), ChunkError> {
     let (raw_sha256, stored) = std::thread::scope(|s| {
         let whole = s.spawn(|| sha256_range(image, 0, image.len()));
         let stored = store_cells(image, name, cells, keys, store, jobs);
@@ -337,9 +400,11 @@ pub fn compress_image(
         (whole, stored)
     });
     let raw_sha256 = raw_sha256.at(name)?;
-    let Stored { compressed, reused } = stored?;
-    let (size, sha256) = assemble(keys, store, out)?;
-    Ok(Compressed {
+    let Stored {
+        compressed, reused, ..
+    } = stored?;
+    let (pending, size, sha256) = assemble(keys, store, out)?;
+    let done = Compressed {
         path: out.to_owned(),
         size,
         sha256,
@@ -348,20 +413,25 @@ pub fn compress_image(
         chunks: cells.len(),
         compressed,
         reused,
-    })
+    };
+    Ok((done, pending))
 }
 
 /// How [`store_cells`] got the chunks into the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
-    /// Distinct chunks compressed now.
+    /// Distinct chunks compressed now (missing, or not what their name says).
     pub compressed: usize,
-    /// Chunks (positions) that were in the store already.
+    /// Their compressed bytes.
+    pub bytes: u64,
+    /// Chunks (positions) taken from the store as it was.
     pub reused: usize,
 }
 
 /// Make sure `store` holds the chunk of each of `cells` of `image`, whose raw sha256 are
-/// `keys`: missing ones are compressed on `jobs` threads, each distinct chunk once.
+/// `keys`, and that this run trusts it ([`ChunkStore::stored`]): each distinct key once, on
+/// `jobs` threads, a stored chunk not yet checked in this run is checked (a bad one is
+/// compressed again, with a warning), a missing one compressed.
 pub fn store_cells(
     image: &CowImage,
     name: &Path,
@@ -370,50 +440,81 @@ pub fn store_cells(
     store: &ChunkStore,
     jobs: usize,
 ) -> Result<Stored, ChunkError> {
-    // Each missing key once, at its first cell; positions whose key is stored are reused.
-    let mut missing: Vec<(usize, &str)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut reused = 0;
-    for (i, key) in keys.iter().enumerate() {
-        if store.path(key).is_file() {
-            reused += 1;
-        } else if seen.insert(key.as_str()) {
-            missing.push((i, key));
+    let mut seen = HashSet::new();
+    let work: Vec<(usize, &str)> = keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| seen.insert(k.as_str()))
+        .map(|(i, k)| (i, k.as_str()))
+        .collect();
+    let stored: HashSet<&str> = work
+        .iter()
+        .map(|&(_, k)| k)
+        .filter(|k| store.path(k).is_file())
+        .collect();
+    let compressed: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    run_parallel(&work, jobs.max(1), name, |i, key| {
+        let c = cells[i];
+        if store.stored(key).is_some() {
+            return Ok(());
         }
-    }
-    compress_missing(image, name, cells, &missing, store, jobs.max(1))?;
+        let chunk = store.path(key);
+        if chunk.is_file() {
+            if store.check(key, c.len)? {
+                return Ok(());
+            }
+            eprintln!(
+                "pi-image: warning: {}: does not decompress to the {} bytes whose sha256 it is named by (corrupt or replaced); compressing it again",
+                chunk.display(),
+                c.len
+            );
+        }
+        compress_chunk(image, name, c.offset, c.len, store, key)?;
+        compressed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_string());
+        Ok(())
+    })?;
+    let compressed = compressed
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let reused = keys
+        .iter()
+        .filter(|k| stored.contains(k.as_str()) && !compressed.contains(*k))
+        .count();
+    let bytes = compressed
+        .iter()
+        .filter_map(|k| store.stored(k))
+        .map(|s| s.len)
+        .sum();
     Ok(Stored {
-        compressed: missing.len(),
+        compressed: compressed.len(),
+        bytes,
         reused,
     })
 }
 
-/// Compress the cells at `missing` (index, key) into the store on `jobs` threads.
-fn compress_missing(
-    image: &CowImage,
-    name: &Path,
-    cells: &[Cell],
-    missing: &[(usize, &str)],
-    store: &ChunkStore,
+/// Run `each` on every (index, key) of `work` on `jobs` threads, stopping at the first error.
+fn run_parallel(
+    work: &[(usize, &str)],
     jobs: usize,
+    path: &Path,
+    each: impl Fn(usize, &str) -> Result<(), ChunkError> + Sync,
 ) -> Result<(), ChunkError> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..jobs.min(missing.len()))
+        let workers: Vec<_> = (0..jobs.min(work.len()))
             .map(|_| {
                 s.spawn(|| -> Result<(), ChunkError> {
                     while !failed.load(Ordering::Relaxed) {
-                        let Some(&(i, key)) = missing.get(next.fetch_add(1, Ordering::Relaxed))
-                        else {
+                        let Some(&(i, key)) = work.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             return Ok(());
                         };
-                        let c = cells[i];
-                        compress_chunk(image, name, c.offset, c.len, store, key).inspect_err(
-                            |_| {
-                                failed.store(true, Ordering::Relaxed);
-                            },
-                        )?;
+                        each(i, key).inspect_err(|_| {
+                            failed.store(true, Ordering::Relaxed);
+                        })?;
                     }
                     Ok(())
                 })
@@ -421,7 +522,7 @@ fn compress_missing(
             .collect();
         workers.into_iter().try_for_each(|w| {
             w.join().unwrap_or_else(|_| {
-                Err(PathError::new(name, io::Error::other("a compressing thread panicked")).into())
+                Err(PathError::new(path, io::Error::other("a compressing thread panicked")).into())
             })
         })
     })
@@ -438,48 +539,87 @@ fn compress_chunk(
     let mut out = PendingOutput::create(&store.path(key))?;
     let temp = out.temp_path().to_owned();
     let mut src = BufReader::with_capacity(BUF, image.range(start, len));
-    let mut dst = BufWriter::with_capacity(BUF, out.file());
-    store
-        .compression
-        .encode(&mut src, len, &mut dst)
-        .and_then(|()| dst.flush())
-        .map_err(|source| ChunkError::Compress {
-            image: name.to_owned(),
-            start,
-            end: start + len,
-            chunk: temp,
-            source,
-        })?;
-    drop(dst);
+    let stored = {
+        let mut dst = HashingWriter {
+            inner: BufWriter::with_capacity(BUF, out.file()),
+            hasher: Sha256::new(),
+            len: 0,
+        };
+        store
+            .compression
+            .encode(&mut src, len, &mut dst)
+            .and_then(|()| dst.inner.flush())
+            .map_err(|source| ChunkError::Compress {
+                image: name.to_owned(),
+                start,
+                end: start + len,
+                chunk: temp,
+                source,
+            })?;
+        StoredChunk {
+            len: dst.len,
+            sha256: hex(&dst.hasher.finalize()),
+        }
+    };
     out.commit()?;
+    store.trusted().insert(key.to_string(), stored);
     Ok(())
 }
 
-/// Concatenate the chunks named by `keys` into `out`; returns its size and sha256.
-fn assemble(keys: &[String], store: &ChunkStore, out: &Path) -> Result<(u64, String), ChunkError> {
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Concatenate the chunks named by `keys` into a temp file for `out`, each checked to be the
+/// file this run trusted; returns it, its size and its sha256.
+fn assemble(
+    keys: &[String],
+    store: &ChunkStore,
+    out: &Path,
+) -> Result<(PendingOutput, u64, String), ChunkError> {
     let mut pending = PendingOutput::create(out)?;
     let temp = pending.temp_path().to_owned();
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut buf = vec![0u8; BUF];
     let mut dst = BufWriter::with_capacity(BUF, pending.file());
+    let mut buf = vec![0u8; BUF];
     for key in keys {
         let path = store.path(key);
         let mut chunk = File::open(&path).at(&path)?;
+        let mut chunk_hasher = Sha256::new();
         loop {
             let n = chunk.read(&mut buf).at(&path)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
+            chunk_hasher.update(&buf[..n]);
             dst.write_all(&buf[..n]).at(&temp)?;
             size += n as u64;
+        }
+        if store.stored(key).map(|s| s.sha256) != Some(hex(&chunk_hasher.finalize())) {
+            return Err(ChunkError::Changed { chunk: path });
         }
     }
     dst.flush().at(&temp)?;
     drop(dst);
-    pending.commit()?;
-    Ok((size, hex(&hasher.finalize())))
+    Ok((pending, size, hex(&hasher.finalize())))
 }
 
 #[cfg(test)]
@@ -525,7 +665,8 @@ mod tests {
                 .digests(&img, &path, &cells, 2)
                 .unwrap();
             let compress = |jobs| compress_image(&img, &path, &cells, &keys, &out, &store, jobs);
-            let first = compress(2).unwrap();
+            let (first, file) = compress(2).unwrap();
+            file.commit().unwrap();
             assert_eq!((first.chunks, first.compressed, first.reused), (4, 3, 0));
             let bytes = fs::read(&out).unwrap();
             assert_eq!(first.size, bytes.len() as u64);
@@ -534,7 +675,13 @@ mod tests {
                 first.raw_sha256,
                 crate::io::sha256_hex(&mut &raw[..]).unwrap()
             );
-            let again = compress(1).unwrap();
+            // A new store object (a new run) checks the stored chunks before reusing them.
+            let store = ChunkStore::open(
+                &dir.path().join("cache"),
+                Compression::new(codec, Some(1)).unwrap(),
+            )
+            .unwrap();
+            let (again, _) = compress_image(&img, &path, &cells, &keys, &out, &store, 1).unwrap();
             assert_eq!((again.compressed, again.reused), (0, 4));
             assert_eq!(again.sha256, first.sha256);
         }

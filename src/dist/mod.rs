@@ -5,9 +5,11 @@
 //!
 //! Each node's image is built as a copy-on-write layer over the base ([`build::delta`]), never
 //! as a full raw copy: its chunks that equal the base's take their digests from the first node
-//! (see [`layout`]), and only chunks missing from the [`chunks`] store are compressed. The index files are rewritten after every run and keep the entries of artifacts
-//! built by earlier runs (other shards) whose files are still in the directory, so shards run one
-//! after another into one directory end with a complete index.
+//! (see [`layout`]), and only chunks missing from the [`chunks`] store are compressed. The
+//! index files are rewritten with every node's files and keep the entries of artifacts built by
+//! earlier runs (other shards) whose files are still in the directory, so shards run one after
+//! another into one directory end with a complete index, and a run that fails or is killed
+//! leaves a directory that still checks.
 
 pub mod chunks;
 pub mod index;
@@ -16,7 +18,7 @@ pub mod nodeindex;
 pub mod reader;
 pub mod shared;
 
-pub use self::index::{OS_LIST, OsEntry, SHA256SUMS, write_index};
+pub use self::index::{Index, OS_LIST, OsEntry, SHA256SUMS};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,7 +31,7 @@ use crate::build::delta::NodeDelta;
 use crate::build::{self, BuildError, BuildOptions};
 use crate::image::blockmap::BlockMap;
 use crate::image::blockmap::BlockMapError;
-use crate::image::bmap;
+use crate::image::{PendingOutput, bmap};
 use crate::io::calendar::UtcDateTime;
 use crate::io::{AtPath, PathError};
 use crate::plan::release::Release;
@@ -130,8 +132,10 @@ pub struct Artifact {
 }
 
 /// Build `nodes` of `profile` and compress each into `<out>/<node>.img.<ext>` with the chunks of
-/// `store` (missing ones compressed on `jobs` threads), calling `report` after each node; then
-/// rewrite `SHA256SUMS` and `os_list.json` in the output directory.
+/// `store` (missing ones compressed on `jobs` threads), calling `report` after each node. Each
+/// node's image and block map are put in place together with their `SHA256SUMS` and
+/// `os_list.json` entries ([`Index::replace`]), so the directory checks after every node, and
+/// at every moment in between, whatever stops the run.
 pub fn build_artifacts(
     profile: &Profile,
     nodes: &[&Node],
@@ -141,7 +145,7 @@ pub fn build_artifacts(
     report: &mut dyn FnMut(&Artifact),
 ) -> Result<Vec<Artifact>, DistError> {
     // A broken index in the output directory fails now, not after every node was compressed.
-    index::check_existing(&opts.out_dir)?;
+    let mut index = Index::read(&opts.out_dir)?;
     let ext = store.compression().codec.extension();
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();
@@ -154,8 +158,8 @@ pub fn build_artifacts(
         let out = opts.out_dir.join(format!("{}.img.{ext}", delta.node));
         let bmap = opts.out_dir.join(format!("{}.img.bmap", delta.node));
         // The block map's checksums read the image while the compressed file is assembled.
-        let (compressed, bmap_sha256) = std::thread::scope(|s| {
-            let mapped = s.spawn(|| write_bmap(&delta, &name, &bmap));
+        let (compressed, mapped) = std::thread::scope(|s| {
+            let mapped = s.spawn(|| bmap_file(&delta, &name, &bmap));
             let compressed =
                 chunks::compress_image(&delta.image, &name, &cells, &keys, &out, store, jobs);
             let mapped = mapped.join().unwrap_or_else(|_| {
@@ -167,7 +171,7 @@ pub fn build_artifacts(
             });
             (compressed, mapped)
         });
-        let (compressed, bmap_sha256) = (compressed?, bmap_sha256?);
+        let ((compressed, image_file), (bmap_file, bmap_sha256)) = (compressed?, mapped?);
         let artifact = Artifact {
             node: delta.node,
             compressed,
@@ -177,26 +181,31 @@ pub fn build_artifacts(
             target: delta.target,
             release: delta.release,
         };
+        index.replace(
+            &opts.out_dir,
+            vec![
+                (image_file, artifact.compressed.sha256.clone()),
+                (bmap_file, artifact.bmap_sha256.clone()),
+            ],
+            Some(os_entry(profile, &artifact, opts.epoch)),
+        )?;
         report(&artifact);
         artifacts.push(artifact);
         since = std::time::Instant::now();
         Ok(())
     })?;
-    let entries = artifacts
-        .iter()
-        .map(|a| os_entry(profile, a, opts.epoch))
-        .collect::<Vec<_>>();
-    let bmaps = artifacts
-        .iter()
-        .map(|a| (file_name(&a.bmap), a.bmap_sha256.clone()))
-        .collect::<Vec<_>>();
-    write_index(&opts.out_dir, &entries, &bmaps)?;
+    // Also when no node was built: entries of files gone from the directory are dropped.
+    index.write(&opts.out_dir)?;
     Ok(artifacts)
 }
 
-/// Write the block map of the node's image (named `name` in errors) to `out`; returns its
-/// sha256.
-fn write_bmap(delta: &NodeDelta, name: &Path, out: &Path) -> Result<String, DistError> {
+/// The block map of the node's image (named `name` in errors) in a temp file for `out`, and
+/// its sha256.
+fn bmap_file(
+    delta: &NodeDelta,
+    name: &Path,
+    out: &Path,
+) -> Result<(PendingOutput, String), DistError> {
     let allocation = &delta.root_allocation;
     let len = delta.image.len();
     let map = BlockMap::of_layers(&mut delta.image.cursor(), name, len, &|p| {
@@ -207,8 +216,8 @@ fn write_bmap(delta: &NodeDelta, name: &Path, out: &Path) -> Result<String, Dist
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
     bmap::write(&map, &mut delta.image.cursor(), name, &mut text)?;
-    index::write_atomic(out, &text)?;
-    Ok(crate::io::hex(&sha2::Sha256::digest(&text)))
+    let file = index::pending_with(out, &text)?;
+    Ok((file, crate::io::hex(&sha2::Sha256::digest(&text))))
 }
 
 /// The `os_list.json` entry for `a`.
@@ -216,12 +225,9 @@ fn os_entry(profile: &Profile, a: &Artifact, epoch: i64) -> OsEntry {
     let c = &a.compressed;
     let mut description = a.node.clone();
     if let Some(node) = profile.node(&a.node) {
-        description = match &node.domain {
-            Some(d) => format!("{}.{d}", node.hostname),
-            None => node.hostname.clone(),
-        };
-        if let Some(net) = &node.network {
-            description.push_str(&format!(" {}/{}", net.address, net.prefix_len));
+        description = node.fqdn();
+        if let Some(cidr) = node.cidr() {
+            description.push_str(&format!(" {cidr}"));
         }
     }
     description.push_str(&format!(
@@ -245,6 +251,8 @@ fn os_entry(profile: &Profile, a: &Artifact, epoch: i64) -> OsEntry {
             let d = UtcDateTime::from_unix(epoch);
             format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
         },
+        icon: index::ICON.to_string(),
+        devices: index::device_tags(a.target),
     }
 }
 

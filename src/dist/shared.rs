@@ -12,18 +12,20 @@
 //! writing its index, never a copy or a full hash of the image (unless `--image-sha256`).
 //! [`reader`](super::reader) reads an image back out.
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use super::DistError;
 use super::chunks::{self, ChunkStore, Compression};
-use super::index::{self, write_atomic};
+use super::index::{self, Index};
 use super::layout::{self, BaseDigests, SHARED_LEVELS, sha256_range};
 use super::nodeindex::{CHUNKS_DIR, ChunkRef, FORMAT, NodeIndex};
 use crate::build::{self, BuildOptions};
-use crate::io::{AtPath, hex};
-use crate::profile::{Node, Profile};
+use crate::io::{AtPath, PathError, hex};
+use crate::plan::release::Release;
+use crate::profile::{Node, Profile, Target};
 
 /// How to write a shared-chunk release.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +45,10 @@ pub struct SharedNode {
     pub node: String,
     /// Its index file.
     pub index: PathBuf,
+    /// The index file's length in bytes.
+    pub index_size: u64,
+    /// The index file's sha256, hex (as listed in `SHA256SUMS`).
+    pub index_sha256: String,
     /// Its raw image's length in bytes.
     pub image_size: u64,
     /// Its raw image's sha256, with `--image-sha256`.
@@ -55,12 +61,18 @@ pub struct SharedNode {
     pub new_bytes: u64,
     /// Wall time this node took (the first node's includes reading the base and overlays).
     pub elapsed: Duration,
+    /// The boot target.
+    pub target: Target,
+    /// The release of the base.
+    pub release: Release,
 }
 
 /// Write `nodes` of `profile` into the shared-chunk release in `opts.out_dir`, calling `report`
-/// after each node; then rewrite `SHA256SUMS` (keeping the lines of earlier runs' files that
-/// are still there). Chunks already in the store are checked (decompressed and hashed) once
-/// before they are reused; a chunk that is not what its name says is written again.
+/// after each node. Each node's index is put in place together with its `SHA256SUMS` line
+/// ([`Index::replace`], keeping the lines of earlier runs' files that are still there), after
+/// its chunks, so the directory checks at every moment. Chunks already in the store are
+/// checked (decompressed and hashed) once before they are reused; a chunk that is not what its
+/// name says is written again.
 pub fn build_shared_release(
     profile: &Profile,
     nodes: &[&Node],
@@ -69,11 +81,9 @@ pub fn build_shared_release(
     report: &mut dyn FnMut(&SharedNode),
 ) -> Result<Vec<SharedNode>, DistError> {
     // A broken SHA256SUMS fails now, not after every node was written.
-    index::check_existing(&opts.out_dir)?;
+    let mut sums = Index::read(&opts.out_dir)?;
     let store = ChunkStore::in_dir(&opts.out_dir.join(CHUNKS_DIR), shared.compression)?;
     let mut base_digests = BaseDigests::default();
-    // Chunk files checked or written by this run: raw sha256 → (file length, file sha256).
-    let mut files: HashMap<String, (u64, String)> = HashMap::new();
     let mut written = Vec::new();
     let mut since = Instant::now();
     build::delta::build_node_deltas::<DistError>(profile, nodes, opts, &mut |delta| {
@@ -82,76 +92,60 @@ pub fn build_shared_release(
         let changed = image.changed_blocks().at(&name)?;
         let cells = layout::cells(image.len(), &changed, &SHARED_LEVELS);
         let keys = base_digests.digests(image, &name, &cells, shared.jobs)?;
-        let unknown: Vec<&String> = keys
-            .iter()
-            .filter(|k| !files.contains_key(*k))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut new = Vec::new();
-        for key in &unknown {
-            let path = store.path(key);
-            if !path.is_file() {
-                new.push(*key);
-            } else if !store.holds(key)? {
-                std::fs::remove_file(&path).at(&path)?;
-                new.push(*key);
-            }
-        }
-        chunks::store_cells(image, &name, &cells, &keys, &store, shared.jobs)?;
-        for key in unknown {
-            files.insert(key.clone(), store.file_digest(key)?);
-        }
+        let stored = chunks::store_cells(image, &name, &cells, &keys, &store, shared.jobs)?;
         let image_sha256 = match shared.image_sha256 {
             true => Some(sha256_range(image, 0, image.len()).at(&name)?),
             false => None,
         };
+        let mut refs = Vec::with_capacity(cells.len());
+        for (c, key) in cells.iter().zip(&keys) {
+            let file = store.stored(key).ok_or_else(|| {
+                PathError::new(
+                    &store.path(key),
+                    std::io::Error::other("a chunk was not stored"),
+                )
+            })?;
+            refs.push(ChunkRef {
+                offset: c.offset,
+                length: c.len,
+                sha256: key.clone(),
+                stored_length: file.len,
+                stored_sha256: file.sha256,
+            });
+        }
         let index = NodeIndex {
             format: FORMAT.into(),
             node: delta.node.clone(),
             compression: shared.compression.codec.name().into(),
             image_size: image.len(),
             image_sha256: image_sha256.clone(),
-            chunks: cells
-                .iter()
-                .zip(&keys)
-                .map(|(c, key)| {
-                    let (stored_length, stored_sha256) = files[key].clone();
-                    ChunkRef {
-                        offset: c.offset,
-                        length: c.len,
-                        sha256: key.clone(),
-                        stored_length,
-                        stored_sha256,
-                    }
-                })
-                .collect(),
+            chunks: refs,
         };
         let index_path = opts.out_dir.join(NodeIndex::file_name(&delta.node));
         let json = index.to_json();
-        write_atomic(&index_path, json.as_bytes())?;
+        let index_sha256 = hex(&Sha256::digest(json.as_bytes()));
+        let pending = index::pending_with(&index_path, json.as_bytes())?;
+        sums.replace(&opts.out_dir, vec![(pending, index_sha256.clone())], None)?;
         let node = SharedNode {
             node: delta.node,
             index: index_path,
+            index_size: json.len() as u64,
+            index_sha256,
             image_size: image.len(),
             image_sha256,
             chunks: cells.len(),
-            new_chunks: new.len(),
-            new_bytes: new.iter().map(|k| files[*k].0).sum(),
+            new_chunks: stored.compressed,
+            new_bytes: stored.bytes,
             elapsed: since.elapsed(),
+            target: delta.target,
+            release: delta.release,
         };
         report(&node);
-        written.push((
-            node,
-            hex(&<sha2::Sha256 as sha2::Digest>::digest(json.as_bytes())),
-        ));
+        written.push(node);
         since = Instant::now();
         Ok(())
     })?;
-    let sums: Vec<(String, String)> = written
-        .iter()
-        .map(|(n, sha)| (NodeIndex::file_name(&n.node), sha.clone()))
-        .collect();
-    index::write_sums(&opts.out_dir, &sums)?;
-    Ok(written.into_iter().map(|(n, _)| n).collect())
+    // Also when no node was built: lines of files gone from the directory are dropped.
+    sums.write(&opts.out_dir)?;
+    Ok(written)
 }

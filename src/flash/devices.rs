@@ -23,16 +23,25 @@ pub enum DeviceError {
     Io(#[from] PathError),
     /// The target is not a block device (and `--to-file` was not given).
     #[error(
-        "{}: refusing to write: not a block device (use --to-file to write an image file)",
+        "{}: refusing to write: not a block device (use --to-file to write an image file; `pi-image devices` lists the disks)",
         path.display()
     )]
     NotBlock {
         /// The target.
         path: PathBuf,
     },
+    /// The target does not exist.
+    #[error(
+        "{}: no such device; `pi-image devices` lists the disks an image can go to",
+        path.display()
+    )]
+    Missing {
+        /// The target.
+        path: PathBuf,
+    },
     /// The target is a partition, not a whole disk.
     #[error(
-        "{}: refusing to write: it is a partition of {disk}; give the whole disk (/dev/{disk})",
+        "{}: refusing to write: it is a partition of {disk}; give the whole disk /dev/{disk}",
         path.display()
     )]
     IsPartition {
@@ -61,6 +70,33 @@ impl SysRoot {
     /// The tree at `root` (`/` for the running system).
     pub fn new(root: impl Into<PathBuf>) -> SysRoot {
         SysRoot { root: root.into() }
+    }
+
+    /// True for a fake tree (`PI_IMAGE_SYSROOT`, a hook for tests): what it says about disks
+    /// is made up, so with it only loop devices may be written ([`Self::allows`]).
+    pub fn is_fake(&self) -> bool {
+        self.root != Path::new("/")
+    }
+
+    /// Refuse writing to the device with device number `rdev` when the tree is fake, unless
+    /// the real sysfs says it is a loop device: a fake tree must never decide about a real disk.
+    pub fn allows(&self, target: &Path, rdev: u64) -> Result<(), DeviceError> {
+        if !self.is_fake() {
+            return Ok(());
+        }
+        let real = SysRoot::new("/");
+        let name = name_of_dev(&real, &dev_number(rdev));
+        if name.as_deref().is_some_and(|n| n.starts_with("loop")) {
+            return Ok(());
+        }
+        Err(DeviceError::Refused {
+            path: target.to_owned(),
+            reason: format!(
+                "PI_IMAGE_SYSROOT={} is a test hook that describes disks with a made-up tree; with it set only loop devices are written, and this is {}",
+                self.root.display(),
+                name.unwrap_or_else(|| format!("device {}", dev_number(rdev)))
+            ),
+        })
     }
 
     /// `abs` (an absolute path like `/sys/block`) inside the tree.
@@ -167,7 +203,7 @@ impl Disk {
     /// One line for a confirmation prompt or a listing: path, size, model, serial, transport.
     pub fn describe(&self) -> String {
         format!(
-            "{} {} model '{}' serial '{}' ({}{})",
+            "{}: {}, model '{}', serial '{}', {}{}",
             self.dev_path.display(),
             human(self.size),
             self.model,
@@ -440,17 +476,34 @@ pub fn list(root: &SysRoot) -> Result<Vec<Disk>, DeviceError> {
     Ok(out)
 }
 
+/// `major:minor` of a device number.
+fn dev_number(rdev: u64) -> String {
+    format!("{}:{}", libc::major(rdev), libc::minor(rdev))
+}
+
 /// The disk behind the device node `node` (a real `/dev` path), read through `root`. Refuses
 /// anything that is not a block device, and partitions.
 pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
-    let meta = fs::metadata(node).at(node)?;
+    let meta = match fs::metadata(node) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DeviceError::Missing {
+                path: node.to_owned(),
+            });
+        }
+        m => m.at(node)?,
+    };
     if !meta.file_type().is_block_device() {
         return Err(DeviceError::NotBlock {
             path: node.to_owned(),
         });
     }
-    let rdev = meta.rdev();
-    let dev = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    disk_for_dev(root, node, meta.rdev())
+}
+
+/// The disk with device number `rdev` (from `fstat` of an open device, so that it is the device
+/// that will be written), named `node` in messages, read through `root`. Refuses partitions.
+pub fn disk_for_dev(root: &SysRoot, node: &Path, rdev: u64) -> Result<Disk, DeviceError> {
+    let dev = dev_number(rdev);
     let sys = root.path(&format!("/sys/dev/block/{dev}"));
     let dir = fs::canonicalize(&sys).at(&sys)?;
     let name = dir

@@ -1,17 +1,18 @@
 //! The reader: one thread per image streams it once and hands [`PIECE_SIZE`] pieces of the
-//! ranges to write to every writer, and to a hasher thread that keeps a sha256 per range for
-//! verification and checks a `.bmap`'s own range checksums. Pieces live in 4096-byte aligned
-//! buffers (for `O_DIRECT`), reused through a small pool once every writer is done with them.
+//! ranges to write to every writer, and, when verification needs it, to a hasher thread that
+//! keeps a sha256 per piece (for a compressed image, which cannot be read again cheaply) and
+//! checks a `.bmap`'s own range checksums. Pieces live in 4096-byte aligned buffers (for
+//! `O_DIRECT`), reused through a small pool once every writer is done with them.
 
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
 
 use super::source::Source;
 use super::{FlashError, PIECE_SIZE, QUEUE};
-use crate::image::blockmap::{ChecksumKind, is_zero};
+use crate::image::blockmap::{ChecksumKind, RangeChecksums, is_zero};
 
 /// Buffer alignment for `O_DIRECT` (covers 512 and 4096-byte logical blocks).
 const ALIGN: usize = 4096;
@@ -45,8 +46,10 @@ impl Aligned {
     }
 }
 
-/// A piece of the image on its way to the writers: part of range number `range`.
+/// A piece of the image on its way to the writers: the `seq`th piece read, part of range
+/// number `range`.
 pub(super) struct Piece {
+    pub(super) seq: usize,
     pub(super) offset: u64,
     pub(super) data: Aligned,
     range: usize,
@@ -85,46 +88,99 @@ impl Pool {
     }
 }
 
-/// One range the reader passed on, with the sha256 of its bytes (what verification expects).
-#[derive(Debug, Clone)]
-pub(super) struct Written {
-    /// Byte range in the image (and on the target).
-    pub(super) range: Range<u64>,
-    /// sha256 of those bytes (all zero when nothing is verified).
-    pub(super) sha256: [u8; 32],
+/// The sha256 of every piece, in the reader's order, as the hasher thread computes them: what
+/// the read-back of a compressed image is compared with.
+#[derive(Default)]
+pub(super) struct Digests {
+    /// The digests so far, and whether no more will come.
+    list: Mutex<(Vec<[u8; 32]>, bool)>,
+    added: Condvar,
 }
 
-/// What the reader saw: the ranges it passed on and the image's length.
+impl Digests {
+    fn push(&self, digest: [u8; 32]) {
+        if let Ok(mut l) = self.list.lock() {
+            l.0.push(digest);
+        }
+        self.added.notify_all();
+    }
+
+    fn close(&self) {
+        if let Ok(mut l) = self.list.lock() {
+            l.1 = true;
+        }
+        self.added.notify_all();
+    }
+
+    /// The digest of piece `seq`, waiting for the hasher; `None` if it stopped before it.
+    pub(super) fn wait(&self, seq: usize) -> Option<[u8; 32]> {
+        let mut l = self.list.lock().ok()?;
+        loop {
+            if let Some(d) = l.0.get(seq) {
+                return Some(*d);
+            }
+            if l.1 {
+                return None;
+            }
+            l = self.added.wait(l).ok()?;
+        }
+    }
+}
+
+/// Closes [`Digests`] when the hasher ends, however it ends, so that nobody waits for it.
+struct CloseOnDrop<'a>(Option<&'a Digests>);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.0 {
+            d.close();
+        }
+    }
+}
+
+/// What the reader saw.
 #[derive(Debug, Clone)]
 pub(super) struct ReadResult {
-    pub(super) written: Vec<Written>,
+    /// The raw image's length.
     pub(super) image_size: u64,
 }
 
 /// Where the reader leaves its result for the writers: set before the channels close.
 pub(super) type Slot = Arc<Mutex<Option<Result<ReadResult, String>>>>;
 
-/// Read `src` and send the pieces to write to every sender still listening, and with `hash` to
-/// a hasher thread (sha256 per range for verification, and the `.bmap`'s own checksums, whose
-/// mismatch fails the read). With a map, its ranges; without, every block (every non-zero
-/// block when `skip_zero`).
+/// Read `src` and send the pieces to write to every sender still listening. With `digests`, a
+/// hasher thread records each piece's sha256 there; with `check_bmap`, it also checks the
+/// `.bmap`'s own checksums, whose mismatch fails the read. With a map, its ranges; without,
+/// every block (every non-zero block when `skip_zero`).
 pub(super) fn read_source(
     src: &Source,
     skip_zero: bool,
-    hash: bool,
+    check_bmap: bool,
+    digests: Option<&Digests>,
     txs: &mut Vec<SyncSender<Arc<Piece>>>,
 ) -> Result<ReadResult, FlashError> {
+    let checksums = src
+        .map
+        .as_ref()
+        .and_then(|m| m.checksums.as_ref())
+        .filter(|_| check_bmap);
     std::thread::scope(|scope| {
-        let hasher = hash.then(|| {
+        let hasher = (checksums.is_some() || digests.is_some()).then(|| {
             let (tx, rx) = sync_channel::<Arc<Piece>>(QUEUE);
-            (tx, scope.spawn(move || hash_pieces(src, rx)))
+            (
+                tx,
+                scope.spawn(move || {
+                    let _closed = CloseOnDrop(digests);
+                    hash_pieces(src, rx, digests, checksums)
+                }),
+            )
         });
         let (hash_tx, handle) = match hasher {
             Some((tx, h)) => (Some(tx), Some(h)),
             None => (None, None),
         };
         let read = send_pieces(src, skip_zero, txs, hash_tx);
-        let sums = match handle.map(|h| h.join()) {
+        match handle.map(|h| h.join()) {
             Some(Ok(r)) => r?,
             Some(Err(_)) => {
                 return Err(FlashError::Source {
@@ -132,39 +188,30 @@ pub(super) fn read_source(
                     reason: "the hashing thread failed".into(),
                 });
             }
-            None => Vec::new(),
-        };
-        let (ranges, image_size) = read?;
-        Ok(ReadResult {
-            written: ranges
-                .into_iter()
-                .enumerate()
-                .map(|(i, range)| Written {
-                    range,
-                    sha256: sums.get(i).copied().unwrap_or_default(),
-                })
-                .collect(),
-            image_size,
-        })
+            None => {}
+        }
+        Ok(ReadResult { image_size: read? })
     })
 }
 
-/// The reader proper: returns the ranges sent and the image's size.
+/// The reader proper: returns the image's size.
 fn send_pieces(
     src: &Source,
     skip_zero: bool,
     txs: &mut Vec<SyncSender<Arc<Piece>>>,
     hash_tx: Option<SyncSender<Arc<Piece>>>,
-) -> Result<(Vec<Range<u64>>, u64), FlashError> {
+) -> Result<u64, FlashError> {
     let mut stream = src.stream()?;
     let mut scratch = vec![0u8; 1 << 20];
     let mut pool = Pool {
         sent: std::collections::VecDeque::new(),
     };
-    let mut ranges: Vec<Range<u64>> = Vec::new();
     let had_writers = !txs.is_empty();
     let mut hash_tx = hash_tx;
-    let mut send = |piece: Piece, txs: &mut Vec<SyncSender<Arc<Piece>>>, pool: &mut Pool| {
+    let mut seq = 0;
+    let mut send = |mut piece: Piece, txs: &mut Vec<SyncSender<Arc<Piece>>>, pool: &mut Pool| {
+        piece.seq = seq;
+        seq += 1;
         let piece = Arc::new(piece);
         txs.retain(|tx| tx.send(Arc::clone(&piece)).is_ok());
         if let Some(h) = &hash_tx
@@ -204,6 +251,7 @@ fn send_pieces(
                     let last = pos + n as u64 == r.end;
                     send(
                         Piece {
+                            seq: 0,
                             offset: pos,
                             data,
                             range: i,
@@ -214,13 +262,13 @@ fn send_pieces(
                     );
                     pos += n as u64;
                 }
-                ranges.push(r.clone());
             }
-            Ok((ranges, map.image_size))
+            Ok(map.image_size)
         }
         None => {
             let mut pos = 0u64;
             let mut buf = Aligned::new(PIECE_SIZE);
+            let mut runs_sent = 0;
             loop {
                 if had_writers && txs.is_empty() {
                     break;
@@ -246,46 +294,50 @@ fn send_pieces(
                 for run in runs {
                     let mut data = pool.take(run.len());
                     data.as_mut().copy_from_slice(&buf.as_slice()[run.clone()]);
-                    let range = pos + run.start as u64..pos + run.end as u64;
                     send(
                         Piece {
-                            offset: range.start,
+                            seq: 0,
+                            offset: pos + run.start as u64,
                             data,
-                            range: ranges.len(),
+                            range: runs_sent,
                             last: true,
                         },
                         txs,
                         &mut pool,
                     );
-                    ranges.push(range);
+                    runs_sent += 1;
                 }
                 pos += got as u64;
             }
-            Ok((ranges, pos))
+            Ok(pos)
         }
     }
 }
 
-/// The hasher thread: sha256 per range, and the `.bmap` checksums checked.
-fn hash_pieces(src: &Source, rx: Receiver<Arc<Piece>>) -> Result<Vec<[u8; 32]>, FlashError> {
-    let checksums = src.map.as_ref().and_then(|m| m.checksums.as_ref());
-    let mut sums = Vec::new();
-    let mut ours = Sha256::new();
+/// The hasher thread: sha256 per piece into `digests`, and the `.bmap`'s `checksums` checked.
+fn hash_pieces(
+    src: &Source,
+    rx: Receiver<Arc<Piece>>,
+    digests: Option<&Digests>,
+    checksums: Option<&RangeChecksums>,
+) -> Result<(), FlashError> {
     let mut theirs = checksums.map(|c| c.kind.hasher());
     for piece in rx {
         let data = piece.data.as_slice();
-        ours.update(data);
+        if let Some(d) = digests {
+            d.push(Sha256::digest(data).into());
+        }
         if let Some(h) = &mut theirs {
             h.update(data);
         }
         if !piece.last {
             continue;
         }
-        let digest: [u8; 32] = std::mem::take(&mut ours).finalize().into();
-        sums.push(digest);
         if let (Some(h), Some(c)) = (theirs.take(), checksums) {
             theirs = Some(c.kind.hasher());
-            if c.hex.get(piece.range) != Some(&h.hex()) {
+            // A range the .bmap gives no checksum for is not checked (the caller says so).
+            let expected = c.hex.get(piece.range).cloned().flatten();
+            if expected.is_some_and(|e| e != h.hex()) {
                 let map_range = src
                     .map
                     .as_ref()
@@ -310,5 +362,5 @@ fn hash_pieces(src: &Source, rx: Receiver<Arc<Piece>>) -> Result<Vec<[u8; 32]>, 
             }
         }
     }
-    Ok(sums)
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::{FlashError, PIECE_SIZE};
+use crate::dist::nodeindex::INDEX_SUFFIX;
 use crate::dist::reader::ReleaseImage;
 use crate::image::blockmap::BlockMap;
 use crate::image::{self, Format, bmap};
@@ -36,7 +37,16 @@ pub struct Source {
 impl Source {
     /// Open `path` (raw, `.xz`, `.gz` or `.zst`, judged by content) and find its block map:
     /// `IMAGE.bmap` (or, for `x.img.xz`, `x.img.bmap`) if present, else made from a raw image.
+    /// A shared-chunk release's `<node>.chunks.json` is that node's image in the release.
     pub fn open(path: &Path) -> Result<Source, FlashError> {
+        if let Some(node) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(INDEX_SUFFIX))
+        {
+            let dir = crate::io::tempfiles::parent_dir(path);
+            return Ok(Source::release(ReleaseImage::open(&dir, node)?));
+        }
         let len = std::fs::metadata(path).at(path)?.len();
         let format = Format::of_file(path)?;
         let mut candidates = vec![with_suffix(path, ".bmap")];
@@ -92,6 +102,12 @@ impl Source {
             size: Some(image.size()),
             release: Some(image),
         }
+    }
+
+    /// Whether the image is a raw file, readable at any offset (a verifier compares the target
+    /// with it directly).
+    pub fn is_raw_file(&self) -> bool {
+        self.format == Format::Raw && self.release.is_none()
     }
 
     /// The raw image's size, decompressing the whole image once to count it if no `.bmap`

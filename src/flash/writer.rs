@@ -1,12 +1,15 @@
-//! A target's writer: opens it (a disk exclusively, with `O_DIRECT` where it allows), writes the
-//! reader's pieces except the held-back partition tables, `fdatasync`, then the held ranges,
-//! `fdatasync` again and `BLKRRPART`, and by default verifies what it wrote.
+//! A target's writer: takes the disk opened when it was checked (exclusively, with `O_DIRECT`
+//! where it allows), or makes a new file beside a `--to-file` path, writes the reader's pieces
+//! except the held-back partition tables, `fdatasync`, then the held ranges, `fdatasync` again
+//! and `BLKRRPART`. By default it hands what it wrote to a verifier in batches as it goes, so
+//! that batch k is read back while batch k+1 is written. A new file is renamed into place once
+//! written and verified.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -14,9 +17,10 @@ use std::time::Instant;
 
 use super::reader::{Piece, Slot};
 use super::source::Source;
-use super::target::Target;
-use super::verify::verify_written;
+use super::target::{OpenDevice, Target};
+use super::verify::{Check, Expected, Feed, with_verifier};
 use super::{FlashError, FlashOptions, Outcome};
+use crate::image::PendingOutput;
 use crate::io::progress::Progress;
 use crate::io::{AtPath, PathError};
 
@@ -26,46 +30,60 @@ const HEAD_HELD: u64 = 4096;
 const TAIL_HELD: u64 = 33 * 512;
 /// `BLKRRPART` from <linux/fs.h> (`_IO(0x12, 95)`): re-read the partition table.
 const BLKRRPART: libc::c_ulong = 0x125f;
+/// Written bytes handed to the verifier at a time (after one `fdatasync`): small enough that
+/// verifying the last batch adds little after writing ends, large enough that flushes are few.
+/// (Smaller in unit tests, so that small images span several batches.)
+pub(super) const VERIFY_BATCH: u64 = if cfg!(test) { 8 << 20 } else { 64 << 20 };
 
 /// The ranges written last: the first 4 KiB and, when the size is known, the last 16.5 KiB.
-pub(super) fn held_ranges(size: Option<u64>) -> Vec<Range<u64>> {
+fn held_ranges(size: Option<u64>) -> Vec<Range<u64>> {
     std::iter::once(0..HEAD_HELD)
         .chain(size.map(|s| s.saturating_sub(TAIL_HELD).max(HEAD_HELD)..s))
         .collect()
 }
 
-/// Open a target for writing: a disk exclusively (`O_EXCL`, which also fails if the kernel
-/// has it mounted) and with `O_DIRECT` where it allows; a file created if missing.
-fn open_target(t: &Target) -> Result<(File, bool), FlashError> {
-    if t.disk.is_some() {
-        let open = |direct: bool| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_EXCL | if direct { libc::O_DIRECT } else { 0 })
-                .open(&t.path)
-        };
-        match open(true) {
-            Ok(f) => Ok((f, true)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                Ok(open(false).map(|f| (f, false)).at(&t.path)?)
+/// Where a writer writes: the disk opened when it was checked, or a new file beside the
+/// `--to-file` path, renamed over it only once written (and verified).
+enum Opened {
+    Disk(Arc<OpenDevice>),
+    File(PendingOutput, File),
+}
+
+impl Opened {
+    fn open(t: &Target) -> Result<Opened, FlashError> {
+        match &t.device {
+            Some(d) => Ok(Opened::Disk(Arc::clone(d))),
+            None => {
+                let mut out = PendingOutput::create(&t.path)?;
+                let file = out.file().try_clone().at(out.temp_path())?;
+                Ok(Opened::File(out, file))
             }
-            Err(e) => Err(PathError::new(&t.path, e).into()),
         }
-    } else {
-        Ok(OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&t.path)
-            .map(|f| (f, false))
-            .at(&t.path)?)
+    }
+
+    fn file(&self) -> &File {
+        match self {
+            Opened::Disk(d) => &d.file,
+            Opened::File(_, f) => f,
+        }
+    }
+
+    /// Whether `O_DIRECT` is on.
+    fn direct(&self) -> bool {
+        matches!(self, Opened::Disk(d) if d.direct)
+    }
+
+    /// A new file takes the target's path; a disk has nothing more to do.
+    fn commit(self) -> Result<(), FlashError> {
+        if let Opened::File(pending, _) = self {
+            pending.commit()?;
+        }
+        Ok(())
     }
 }
 
 /// Switch `O_DIRECT` on or off for an open file.
-fn set_direct(f: &File, on: bool) -> io::Result<()> {
+pub(super) fn set_direct(f: &File, on: bool) -> io::Result<()> {
     let fd = f.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own, only changing its status flags.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -85,7 +103,7 @@ fn set_direct(f: &File, on: bool) -> io::Result<()> {
 }
 
 /// `fdatasync(2)`: `f`'s data is on the device when this returns.
-fn fdatasync(f: &File, path: &Path) -> Result<(), FlashError> {
+pub(super) fn fdatasync(f: &File, path: &Path) -> Result<(), FlashError> {
     // SAFETY: fdatasync on a descriptor we own.
     if unsafe { libc::fdatasync(f.as_raw_fd()) } < 0 {
         return Err(PathError::new(path, io::Error::last_os_error()).into());
@@ -118,14 +136,14 @@ fn write_at(
     }
 }
 
-/// One writer: the pieces from `rx`, held ranges last, then sync, re-read the partition table
-/// and verify.
+/// One writer: the pieces from `rx`, held ranges last, then sync and re-read the partition
+/// table; with `expected`, verified as it goes.
 pub(super) fn write_target(
     src: &Source,
     t: &Target,
     rx: Receiver<Arc<Piece>>,
-    held: &[Range<u64>],
     slot: &Slot,
+    expected: Option<&Expected>,
     opts: FlashOptions,
     multi: &indicatif::MultiProgress,
 ) -> Outcome {
@@ -135,6 +153,7 @@ pub(super) fn write_target(
         image: src.path.clone(),
         bytes: 0,
         write_secs: 0.0,
+        verified: 0,
         verify_secs: 0.0,
         result: Ok(()),
     };
@@ -146,23 +165,77 @@ pub(super) fn write_target(
         opts.progress,
         Some(multi),
     );
-    let result = (|| -> Result<(), FlashError> {
-        let (file, mut direct) = open_target(t)?;
+    let held = held_ranges(src.size);
+    let result = Opened::open(t).and_then(|opened| {
+        let file = opened.file();
+        let mut w = Writing {
+            t,
+            held: &held,
+            file,
+            direct: opened.direct(),
+            start,
+            out: &mut out,
+            progress: &mut progress,
+        };
+        match expected {
+            Some(e) => with_verifier(e, file, &t.path, Some(file), |feed| {
+                w.write(rx, slot, Some(feed))
+            })
+            .and_then(|r| r),
+            None => w.write(rx, slot, None),
+        }?;
+        opened.commit()
+    });
+    progress.finish(result.is_ok());
+    if out.write_secs == 0.0 {
+        out.write_secs = start.elapsed().as_secs_f64();
+    }
+    out.result = result;
+    out
+}
+
+/// One target being written.
+struct Writing<'a> {
+    t: &'a Target,
+    held: &'a [Range<u64>],
+    file: &'a File,
+    direct: bool,
+    start: Instant,
+    out: &'a mut Outcome,
+    progress: &'a mut Progress,
+}
+
+impl Writing<'_> {
+    fn write(
+        &mut self,
+        rx: Receiver<Arc<Piece>>,
+        slot: &Slot,
+        feed: Option<&Feed>,
+    ) -> Result<(), FlashError> {
+        let (t, file) = (self.t, self.file);
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
+        // Checks of the pieces written since the last batch, and of those touching the held
+        // ranges (complete only at the end).
+        let mut batch: Vec<Check> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut last: Vec<Check> = Vec::new();
         for piece in rx {
             let data = piece.data.as_slice();
             let range = piece.offset..piece.offset + data.len() as u64;
             // Split the piece around the held ranges.
             let mut pos = range.start;
-            for h in held
+            let mut touches_held = false;
+            for h in self
+                .held
                 .iter()
                 .filter(|h| h.start < range.end && h.end > range.start)
             {
+                touches_held = true;
                 let hs = h.start.max(range.start);
                 let he = h.end.min(range.end);
                 if pos < hs {
                     let s = &data[(pos - range.start) as usize..(hs - range.start) as usize];
-                    write_at(&file, &mut direct, s, pos, &t.path)?;
+                    write_at(file, &mut self.direct, s, pos, &t.path)?;
                 }
                 kept.push((
                     hs,
@@ -172,15 +245,36 @@ pub(super) fn write_target(
             }
             if pos < range.end {
                 write_at(
-                    &file,
-                    &mut direct,
+                    file,
+                    &mut self.direct,
                     &data[(pos - range.start) as usize..],
                     pos,
                     &t.path,
                 )?;
             }
-            out.bytes += data.len() as u64;
-            progress.set(out.bytes);
+            self.out.bytes += data.len() as u64;
+            self.progress.set(self.out.bytes);
+            if let Some(feed) = feed {
+                if touches_held {
+                    last.push(Check::of(&piece));
+                } else {
+                    batch_bytes += data.len() as u64;
+                    batch.push(Check::of(&piece));
+                }
+                if batch_bytes >= VERIFY_BATCH {
+                    feed.after_flush(std::mem::take(&mut batch));
+                    batch_bytes = 0;
+                }
+                if feed.failed() {
+                    // A bad card: stop writing (it gets no partition table) and say where.
+                    break;
+                }
+            }
+        }
+        if let Some(feed) = feed
+            && feed.failed()
+        {
+            return feed.finish(self.progress);
         }
         let read = slot
             .lock()
@@ -192,46 +286,35 @@ pub(super) fn write_target(
                 reason,
             })?;
         // Everything else is on the device before the partition table makes it bootable.
-        fdatasync(&file, &t.path)?;
-        if direct {
-            set_direct(&file, false).at(&t.path)?;
+        fdatasync(file, &t.path)?;
+        if self.direct {
+            set_direct(file, false).at(&t.path)?;
         }
         for (offset, data) in &kept {
             file.write_all_at(data, *offset).at(&t.path)?;
         }
         if t.disk.is_none() {
-            let len = file.metadata().at(&t.path)?.len();
-            if len < read.image_size {
-                file.set_len(read.image_size).at(&t.path)?;
-            }
+            // Exactly the image's length, so that `cmp` and `verify` agree on the whole file.
+            file.set_len(read.image_size).at(&t.path)?;
         }
-        fdatasync(&file, &t.path)?;
+        fdatasync(file, &t.path)?;
         if t.disk.is_some() {
             // SAFETY: ioctl without arguments on a descriptor we own. Failure (a loop device
             // without partition scanning, say) only means the kernel keeps its old view.
             unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART) };
         }
-        out.write_secs = start.elapsed().as_secs_f64();
-        if opts.verify {
-            let vstart = Instant::now();
-            progress.restart("verifying", "verified", Some(out.bytes));
-            let r = verify_written(
-                src,
-                &t.path,
-                &file,
-                t.disk.is_some(),
-                &read.written,
-                &mut progress,
-            );
-            out.verify_secs = vstart.elapsed().as_secs_f64();
+        self.out.write_secs = self.start.elapsed().as_secs_f64();
+        if let Some(feed) = feed {
+            // All of it is durable now.
+            batch.append(&mut last);
+            feed.now(batch);
+            self.progress
+                .restart("verifying", "verified", Some(self.out.bytes));
+            let r = feed.finish(self.progress);
+            self.out.verify_secs = feed.secs();
+            self.out.verified = feed.verified();
             r?;
         }
         Ok(())
-    })();
-    progress.finish(result.is_ok());
-    if out.write_secs == 0.0 {
-        out.write_secs = start.elapsed().as_secs_f64();
     }
-    out.result = result;
-    out
 }

@@ -139,8 +139,16 @@ impl RangeHasher {
 pub struct RangeChecksums {
     /// The hash function.
     pub kind: ChecksumKind,
-    /// Lowercase hex digests, in the order of the ranges.
-    pub hex: Vec<String>,
+    /// Lowercase hex digests, in the order of the ranges; `None` for a range without one
+    /// (which is then not checked, while every other range still is).
+    pub hex: Vec<Option<String>>,
+}
+
+impl RangeChecksums {
+    /// How many ranges have no checksum.
+    pub fn missing(&self) -> usize {
+        self.hex.iter().filter(|h| h.is_none()).count()
+    }
 }
 
 /// The byte ranges of an image that a copy needs.
@@ -386,7 +394,7 @@ fn nonzero_blocks(file: &mut impl Mappable, range: Range<u64>) -> io::Result<Vec
 
 /// The next data region at or after `pos`: (start of data, start of the next hole). Where the
 /// filesystem cannot tell, everything is data.
-fn next_data(file: &File, pos: u64) -> io::Result<Option<(u64, u64)>> {
+pub(super) fn next_data(file: &File, pos: u64) -> io::Result<Option<(u64, u64)>> {
     let fd = file.as_raw_fd();
     let Ok(off) = libc::off_t::try_from(pos) else {
         return Ok(None);

@@ -97,7 +97,8 @@ pub fn write(
 
 /// Parse a `.bmap` file (formats 1.0 to 2.x as bmaptool writes them). The file's own checksum
 /// is checked when it has one; range checksums (sha1 or sha256) are kept in
-/// [`BlockMap::checksums`] for verification. `source_name` names the file in errors.
+/// [`BlockMap::checksums`] for verification, each range's own (a range without one does not
+/// disable the others). `source_name` names the file in errors.
 pub fn read(text: &str, source_name: &str) -> Result<BlockMap, BlockMapError> {
     let bad = |reason: String| BlockMapError::Parse {
         source_name: source_name.to_owned(),
@@ -236,12 +237,10 @@ pub fn read(text: &str, source_name: &str) -> Result<BlockMap, BlockMapError> {
     let map = BlockMap {
         image_size,
         block_size,
+        // A range without a checksum leaves only itself unchecked.
         checksums: match kind {
-            Some(kind) if !sums.is_empty() && sums.iter().all(Option::is_some) => {
-                Some(RangeChecksums {
-                    kind,
-                    hex: sums.into_iter().flatten().collect(),
-                })
+            Some(kind) if sums.iter().any(Option::is_some) => {
+                Some(RangeChecksums { kind, hex: sums })
             }
             _ => None,
         },

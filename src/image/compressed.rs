@@ -1,6 +1,6 @@
 //! Compressed images read as streams of raw bytes: the format judged by content (`.xz`, `.gz`,
 //! `.zst` or raw), and every concatenated xz stream or zstd frame decoded in turn, xz on all
-//! cores.
+//! cores within a memory budget.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -12,8 +12,15 @@ use crate::io::{AtPath, PathError, read_full};
 const XZ_MAGIC: &[u8] = b"\xfd7zXZ\0";
 /// The xz decoder may use at most this much memory; `xz -9` needs 674 MiB with one thread.
 const XZ_MEMLIMIT_STOP: u64 = 1 << 30;
-/// Above this, the multi-threaded decoder falls back to fewer threads.
-const XZ_MEMLIMIT_THREADING: u64 = 256 << 20;
+/// What the multi-threaded xz decoder may hold: it buffers each block it decodes in parallel
+/// whole (compressed and decoded) besides its dictionary, so blocks of 12 MiB on two threads,
+/// plus a finished one waiting to be read, would take over 40 MiB. Within this budget liblzma
+/// decodes fewer blocks at a time when they are larger, and a block that does not fit alone on
+/// one thread (which needs only its dictionary), so a fetch, build or flash stays within
+/// 64 MiB of RSS (measured by `make bench`).
+const XZ_MEMLIMIT_THREADING: u64 = 32 << 20;
+/// The stream header, and the largest block header: enough to read the first block's sizes.
+const XZ_HEAD_MAX: usize = 12 + 1024;
 
 /// Open a base image for reading as a stream of raw image bytes: `.xz` files (recognised by their
 /// magic, whatever their name) are decompressed on all cores as they are read.
@@ -22,7 +29,7 @@ pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, ImageError> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let head = reader.fill_buf().at(path)?;
     if head.starts_with(XZ_MAGIC) {
-        Ok(Box::new(XzStreams::new(reader)))
+        Ok(Box::new(XzStreams::new(BlockWatch::new(reader))))
     } else {
         Ok(Box::new(reader))
     }
@@ -83,7 +90,7 @@ impl Format {
 /// streaming decoder, so that reading it yields raw image bytes.
 pub fn decoder<R: BufRead + 'static>(format: Format, reader: R) -> Box<dyn Read> {
     match format {
-        Format::Xz => Box::new(XzStreams::new(reader)),
+        Format::Xz => Box::new(XzStreams::new(BlockWatch::new(reader))),
         Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         Format::Zstd => Box::new(ZstdFrames::new(reader)),
         Format::Raw => Box::new(reader),
@@ -180,10 +187,156 @@ impl<R: BufRead, D: OneStream<R>> Read for Concatenated<R, D> {
     }
 }
 
-/// `.xz` input: every stream, each decoded on all cores.
-type XzStreams<R> = Concatenated<R, liblzma::bufread::XzDecoder<R>>;
+/// `.xz` input: every stream, each decoded on all cores (its first block's size watched).
+type XzStreams<R> = Concatenated<BlockWatch<R>, liblzma::bufread::XzDecoder<BlockWatch<R>>>;
 /// `.zst` input: every frame.
 type ZstdFrames<R> = Concatenated<R, zstd::stream::read::Decoder<'static, R>>;
+
+/// Passes an xz file to the decoder and reads the first block's header as it goes by: when its
+/// blocks are too large to decode one per core within [`XZ_MEMLIMIT_THREADING`], says on stderr
+/// that fewer threads decode them (liblzma then does so by itself).
+struct BlockWatch<R> {
+    inner: R,
+    head: Vec<u8>,
+    done: bool,
+}
+
+impl<R: BufRead> BlockWatch<R> {
+    fn new(inner: R) -> Self {
+        BlockWatch {
+            inner,
+            head: Vec::new(),
+            done: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for BlockWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = read_full(&mut self.fill_buf()?, buf)?;
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for BlockWatch<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        if !self.done {
+            if let Ok(buf) = self.inner.fill_buf() {
+                let take = n.min(buf.len()).min(XZ_HEAD_MAX - self.head.len());
+                self.head.extend_from_slice(&buf[..take]);
+            }
+            if let Some(block) = FirstBlock::parse(&self.head) {
+                self.done = true;
+                if let Some(note) = block.thread_note(cores(), XZ_MEMLIMIT_THREADING) {
+                    eprintln!("pi-image: {note}");
+                }
+            } else if self.head.len() >= XZ_HEAD_MAX || self.head.len() >= n_needed(&self.head) {
+                // A header without sizes (decoded on one thread anyway) or not xz: nothing to say.
+                self.done = true;
+            }
+        }
+        self.inner.consume(n);
+    }
+}
+
+/// The number of bytes needed to parse the first block header, as far as `head` tells.
+fn n_needed(head: &[u8]) -> usize {
+    match head.get(12) {
+        Some(&size) => 12 + (usize::from(size) + 1) * 4,
+        None => 13,
+    }
+}
+
+/// The CPUs this process may use.
+fn cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+/// What the first block header of an xz stream says about the memory a thread needs for it.
+#[derive(Debug, PartialEq, Eq)]
+struct FirstBlock {
+    compressed: u64,
+    uncompressed: u64,
+    dict: u64,
+}
+
+impl FirstBlock {
+    /// Parse the stream header and first block header in `head`; `None` when incomplete, when
+    /// the block header does not store both sizes (then liblzma decodes on one thread anyway)
+    /// or when it is not LZMA2.
+    fn parse(head: &[u8]) -> Option<FirstBlock> {
+        let hdr = head.get(12..n_needed(head))?;
+        if hdr[0] == 0 {
+            return None; // the index: a stream without blocks
+        }
+        let flags = hdr[1];
+        if flags & 0xc0 != 0xc0 {
+            return None;
+        }
+        let mut pos = 2;
+        let compressed = vli(hdr, &mut pos)?;
+        let uncompressed = vli(hdr, &mut pos)?;
+        for _ in 0..=(flags & 3) {
+            let id = vli(hdr, &mut pos)?;
+            let props = usize::try_from(vli(hdr, &mut pos)?).ok()?;
+            if id == 0x21 && props == 1 {
+                let bits = u32::from(*hdr.get(pos)? & 0x3f);
+                let dict = match bits {
+                    40 => u64::from(u32::MAX),
+                    0..40 => (2 | u64::from(bits & 1)) << (bits / 2 + 11),
+                    _ => return None,
+                };
+                return Some(FirstBlock {
+                    compressed,
+                    uncompressed,
+                    dict,
+                });
+            }
+            pos += props;
+        }
+        None
+    }
+
+    /// The stderr note when fewer than `cores` such blocks fit into `budget` at once.
+    fn thread_note(&self, cores: u64, budget: u64) -> Option<String> {
+        let need = self.dict + self.compressed + self.uncompressed;
+        let fit = budget / need.max(1);
+        if fit >= cores {
+            return None;
+        }
+        let mib = |n: u64| n.div_ceil(1 << 20);
+        let how = match fit {
+            0 => "on one thread, block after block".to_string(),
+            1 => "one block at a time".to_string(),
+            n => format!("{n} blocks at a time"),
+        };
+        Some(format!(
+            "xz blocks of {} MiB (dictionary {} MiB): decoding {how} instead of one per core ({cores}) to stay within {} MiB",
+            mib(self.uncompressed),
+            mib(self.dict),
+            mib(budget)
+        ))
+    }
+}
+
+/// An xz variable-length integer at `*pos`, moving `pos` past it.
+fn vli(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut n: u64 = 0;
+    for i in 0..9 {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
 
 #[cfg(test)]
 mod tests {
@@ -203,5 +356,72 @@ mod tests {
         let mut out = String::new();
         open_base(&path).unwrap().read_to_string(&mut out).unwrap();
         assert_eq!(out, "first stream second stream");
+    }
+
+    /// `xz` with `args` of `data`, via the xz tool (which writes block sizes when threaded).
+    fn xz_tool(data: &[u8], args: &[&str]) -> Vec<u8> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("xz")
+            .args(args)
+            .arg("-c")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = data.to_vec();
+        let feeder = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    #[test]
+    fn the_first_block_header_gives_sizes_and_dictionary() {
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let xz = xz_tool(&data, &["-0", "-T2", "--block-size=1MiB"]);
+        let block = FirstBlock::parse(&xz[..XZ_HEAD_MAX.min(xz.len())]).unwrap();
+        assert_eq!(block.uncompressed, 1 << 20);
+        assert_eq!(block.dict, 256 << 10);
+        assert!(block.compressed > 0 && block.compressed < 1 << 20);
+        // Single-threaded xz stores no sizes: liblzma decodes such files on one thread anyway.
+        let single = xz_tool(&data, &["-0", "-T1"]);
+        assert_eq!(FirstBlock::parse(&single[..64]), None);
+        // Cut short: not parsed yet.
+        assert_eq!(FirstBlock::parse(&xz[..14]), None);
+    }
+
+    #[test]
+    fn blocks_too_large_for_every_core_are_noted() {
+        let block = |mib: u64| FirstBlock {
+            compressed: mib << 19,
+            uncompressed: mib << 20,
+            dict: 8 << 20,
+        };
+        assert_eq!(block(4).thread_note(2, 32 << 20), None);
+        let note = block(24).thread_note(2, 32 << 20).unwrap();
+        assert!(
+            note.starts_with("xz blocks of 24 MiB (dictionary 8 MiB): decoding on one thread"),
+            "{note}"
+        );
+        let note = block(12).thread_note(4, 64 << 20).unwrap();
+        assert!(
+            note.contains("decoding 2 blocks at a time instead of one per core (4)"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn large_blocks_decode_correctly_under_the_budget() {
+        // 40 MiB blocks cannot be buffered within the budget: liblzma decodes them directly.
+        let data: Vec<u8> = (0..48u32 << 20).map(|i| (i % 253) as u8).collect();
+        let xz = xz_tool(&data, &["-0", "-T2", "--block-size=40MiB"]);
+        let mut out = Vec::new();
+        decoder(Format::Xz, io::BufReader::new(io::Cursor::new(xz)))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == data);
     }
 }

@@ -8,12 +8,13 @@
 //! rest.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::io::tempfiles;
 
 /// The unit of copying and of change tracking: 4 KiB, the block size of the filesystems inside.
 pub const COW_BLOCK: u64 = 4096;
@@ -372,27 +373,12 @@ impl ImageFile for CowImage {
     }
 }
 
-/// A temp file created exclusively in `dir` and unlinked at once: it lives as long as the handle,
-/// also when the process is interrupted.
+/// A temp file created exclusively in `dir` ([`tempfiles`]) and unlinked at once: it lives as
+/// long as the handle, also when the process is interrupted.
 fn unlinked_temp(dir: &Path) -> io::Result<File> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".pi-image-cow.{}.{n}.tmp", std::process::id()));
-        match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(f) => {
-                std::fs::remove_file(&path)?;
-                return Ok(f);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    let (path, file, _registered) = tempfiles::create_file_beside(&dir.join("pi-image-cow"))?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 #[cfg(test)]

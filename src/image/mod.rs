@@ -14,7 +14,7 @@ pub mod partition;
 pub mod partview;
 
 pub use self::compressed::{Format, decoder, is_compressed, open_base};
-pub use self::output::{PendingOutput, copy_sparse};
+pub use self::output::{CopyMethod, PendingOutput, copy_file, copy_sparse, data_ranges};
 
 use std::path::PathBuf;
 

@@ -115,9 +115,9 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// One past the last byte of the partition.
+    /// One past the last byte of the partition (checked not to overflow when it was read).
     pub fn end(&self) -> u64 {
-        self.start + self.len
+        self.start.saturating_add(self.len)
     }
 }
 
@@ -174,11 +174,21 @@ impl PartitionTable {
             read_mbr(path, file, &mbr_sector)?
         };
         for p in &mut partitions {
-            if p.end() > len {
+            // A crafted table can make start + length overflow: that is no partition at all.
+            let Some(end) = p.start.checked_add(p.len) else {
+                return Err(PartitionError::NoTable {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "partition {} starts at byte {} and is {} bytes long, past the largest possible offset",
+                        p.number, p.start, p.len
+                    ),
+                });
+            };
+            if end > len {
                 return Err(PartitionError::Truncated {
                     path: path.to_owned(),
                     number: p.number,
-                    end: p.end(),
+                    end,
                     len,
                 });
             }

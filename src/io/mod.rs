@@ -2,11 +2,14 @@
 //! ([`PathError`], [`AtPath::at`]), reading until a buffer is full ([`read_full`]), lowercase
 //! hex ([`hex`]), sha256 of a stream ([`sha256_hex`]), positioned reads of a byte range of a
 //! shared file ([`FileRange`]), checksum files ([`sums`]), progress bars and log lines ([`progress`]) and UTC calendar
-//! dates for timestamps ([`calendar`]).
+//! dates for timestamps ([`calendar`]); temp files that are created exclusively, removed on
+//! SIGINT/SIGTERM and swept once their owner is gone ([`tempfiles`], [`signal`]).
 
 pub mod calendar;
 pub mod progress;
+pub mod signal;
 pub mod sums;
+pub mod tempfiles;
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::raw::{ConfigValue, RawEeprom, RawSettings};
+use super::raw::{ConfigValue, RawEeprom, RawKeyWithOptions, RawSettings, RawSshKey};
 use super::rules::{
     is_config_key, is_config_section, is_domain, is_interface_name, is_label, is_overlay_name,
-    is_sha512_crypt, is_timezone, is_user_name, parse_cidr, subnet_mask,
+    is_sha512_crypt, is_timezone, is_user_name, parse_cidr, plain_password, subnet_mask,
 };
 use super::validate::Validator;
 use super::{
@@ -57,7 +57,7 @@ pub(super) fn node(
         kubernetes: node.kubernetes.or(defaults.kubernetes).unwrap_or(false),
         overlays: f.overlays(overlays_dir)?,
         eeprom: f.eeprom()?,
-        user_data: f.user_data(),
+        user_data: f.user_data()?,
         partition_table: f
             .pick("partition_table", |s| &s.partition_table)
             .map_or(PartitionScheme::default(), |p| *p.get()),
@@ -351,34 +351,43 @@ impl<'a> Fields<'a> {
         Ok(interface.unwrap_or_else(|| "eth0".into()))
     }
 
-    /// `ssh_keys`: each entry an inline key or a file of keys relative to the profile.
+    /// `ssh_keys`: each entry an inline key or a file of keys relative to the profile, or a
+    /// `{ key, options }` table, the only place `authorized_keys` options are taken from.
     fn ssh_keys(&self) -> Result<Vec<String>, ProfileError> {
         let Some(keys) = self.pick("ssh_keys", |s| &s.ssh_keys) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for k in keys.value {
-            if sshkey::looks_like_key(k.get_ref()) {
-                out.push(
-                    sshkey::parse(k.get_ref()).map_err(|e| keys.err_at(k.span(), e.to_string()))?,
-                );
-            } else {
-                out.extend(self.key_file(&keys, k)?);
+            let wrong = |e: sshkey::SshKeyError| keys.err_at(k.span(), e.to_string());
+            match k.get_ref() {
+                RawSshKey::Line(line) if sshkey::looks_like_key(line) => {
+                    out.push(sshkey::parse(line).map_err(wrong)?);
+                }
+                RawSshKey::Line(file) => out.extend(self.key_file(&keys, k.span(), file)?),
+                RawSshKey::WithOptions(RawKeyWithOptions { key, options }) => {
+                    let key = sshkey::parse(key).map_err(wrong)?;
+                    for o in options {
+                        sshkey::check_option(o).map_err(wrong)?;
+                    }
+                    out.push(sshkey::with_options(options, &key));
+                }
             }
         }
         Ok(out)
     }
 
-    /// The keys in the file `k` names. A bad key is reported at its line in that file; a file
-    /// without keys is an error, as it is surely not what was meant.
+    /// The keys in the file `name` (at `span` of the profile). A bad key is reported at its
+    /// line in that file; a file without keys is an error, as it is surely not what was meant.
     fn key_file(
         &self,
-        keys: &Picked<'_, Vec<Spanned<String>>>,
-        k: &Spanned<String>,
+        keys: &Picked<'_, Vec<Spanned<RawSshKey>>>,
+        span: Range<usize>,
+        name: &str,
     ) -> Result<Vec<String>, ProfileError> {
-        let file = self.v.dir.join(k.get_ref());
+        let file = self.v.dir.join(name);
         let text = std::fs::read_to_string(&file).map_err(|e| {
-            keys.err_at(k.span(), format!("cannot read key file {}: {e} (expected an inline key 'ssh-ed25519 AAAA...' or a .pub file relative to the profile)", file.display()))
+            keys.err_at(span.clone(), format!("cannot read key file {}: {e} (expected an inline key 'ssh-ed25519 AAAA...' or a .pub file relative to the profile)", file.display()))
         })?;
         let mut out = Vec::new();
         for (lineno, line) in text.lines().enumerate() {
@@ -395,10 +404,7 @@ impl<'a> Fields<'a> {
             })?);
         }
         if out.is_empty() {
-            return Err(keys.err_at(
-                k.span(),
-                format!("key file {} holds no keys", file.display()),
-            ));
+            return Err(keys.err_at(span, format!("key file {} holds no keys", file.display())));
         }
         Ok(out)
     }
@@ -467,8 +473,12 @@ impl<'a> Fields<'a> {
         let mut cmdline = Vec::new();
         for tokens in self.both("cmdline", |s| &s.cmdline) {
             for t in tokens.value {
-                if t.get_ref().is_empty() || t.get_ref().chars().any(char::is_whitespace) {
-                    return Err(tokens.err_at(t.span(), format!("'{}' is not one kernel parameter (expected a single token without spaces or newlines, e.g. 'quiet' or 'key=value')", t.get_ref().escape_debug())));
+                // The kernel splits cmdline.txt at blanks and treats `"` as quoting, so either
+                // would turn one profile entry into other parameters; control characters
+                // (NUL ends the line for the firmware) have no place in it either.
+                let bad = |c: char| c.is_whitespace() || c.is_control() || c == '"';
+                if t.get_ref().is_empty() || t.get_ref().chars().any(bad) {
+                    return Err(tokens.err_at(t.span(), format!("'{}' is not one kernel parameter (expected a single token without spaces, quotes or control characters, e.g. 'quiet' or 'key=value')", t.get_ref().escape_debug())));
                 }
                 cmdline.push(t.get_ref().clone());
             }
@@ -558,14 +568,22 @@ impl<'a> Fields<'a> {
         Ok(Some(path))
     }
 
-    /// `user_data`: the node's table merges into the defaults'.
-    fn user_data(&self) -> Option<toml::Table> {
-        match (&self.defaults.user_data, &self.node.user_data) {
-            (None, None) => None,
-            (Some(a), None) => Some(a.clone()),
-            (None, Some(b)) => Some(b.clone()),
-            (Some(a), Some(b)) => Some(merge_tables(a.clone(), b)),
+    /// `user_data`: the node's table merges into the defaults'. Plain-text passwords are
+    /// refused like a `password_hash` that is not a hash.
+    fn user_data(&self) -> Result<Option<toml::Table>, ProfileError> {
+        let mut merged: Option<toml::Table> = None;
+        for table in self.both("user_data", |s| &s.user_data) {
+            if let Some(path) = plain_password(table.get()) {
+                return Err(table.err(format!(
+                    "{path} sets a plain-text password (expected a SHA-512-crypt hash '$6$salt$hash' from `mkpasswd -m sha-512`, or the node's password_hash; plain passwords are never accepted)"
+                )));
+            }
+            merged = Some(match merged {
+                None => table.get().clone(),
+                Some(base) => merge_tables(base, table.get()),
+            });
         }
+        Ok(merged)
     }
 }
 
@@ -592,6 +610,12 @@ fn config_setting<T>(
         return Err(wrong(
             "the value contains a newline (config.txt takes one line per setting)".into(),
         ));
+    }
+    if rendered.chars().any(char::is_control) {
+        return Err(wrong(format!(
+            "'{}' contains a control character (expected printable text)",
+            rendered.escape_debug()
+        )));
     }
     // Whatever else configtxt::set would refuse (e.g. surrounding spaces).
     if !configtxt::is_writable(section, key, &rendered) {

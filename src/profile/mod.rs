@@ -5,7 +5,7 @@
 mod fields;
 mod nodeset;
 mod raw;
-mod rules;
+pub mod rules;
 pub mod sshkey;
 mod validate;
 
@@ -58,6 +58,9 @@ pub struct RemoteBase {
     pub url: String,
     /// The pinned sha256 of the file at `url` (lowercase hex), if the profile gives one.
     pub sha256: Option<String>,
+    /// The size in bytes of the file at `url` (`base_size`), if the profile gives it: a
+    /// download is stopped at the first byte past it.
+    pub size: Option<u64>,
     /// A `SHA256SUMS` URL whose line for the file name of `url` gives the sha256.
     pub sha256sums: Option<String>,
     /// The release it holds, when known from the alias (`Ubuntu 20.04.5`), for `cache list`.
@@ -195,6 +198,23 @@ pub struct Node {
     pub eeprom: Option<EepromSpec>,
     /// The image's partition table.
     pub partition_table: PartitionScheme,
+}
+
+impl Node {
+    /// `hostname.domain`, or the hostname alone when there is no domain.
+    pub fn fqdn(&self) -> String {
+        match &self.domain {
+            Some(d) => format!("{}.{d}", self.hostname),
+            None => self.hostname.clone(),
+        }
+    }
+
+    /// The static address with its prefix length (`192.168.1.13/24`); `None` for DHCP.
+    pub fn cidr(&self) -> Option<String> {
+        self.network
+            .as_ref()
+            .map(|net| format!("{}/{}", net.address, net.prefix_len))
+    }
 }
 
 /// A loaded, validated profile.

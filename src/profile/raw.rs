@@ -26,6 +26,7 @@ pub(super) struct RawCluster {
     pub(super) name: Spanned<String>,
     pub(super) base: Spanned<String>,
     pub(super) base_sha256: Option<Spanned<String>>,
+    pub(super) base_size: Option<Spanned<u64>>,
     pub(super) base_sha256sums: Option<Spanned<String>>,
     pub(super) base_signing_key: Option<Spanned<String>>,
     pub(super) overlays_dir: Option<Spanned<String>>,
@@ -46,7 +47,7 @@ pub(super) struct RawSettings {
     pub(super) search: Option<Vec<Spanned<String>>>,
     pub(super) interface: Option<Spanned<String>>,
     pub(super) user: Option<Spanned<String>>,
-    pub(super) ssh_keys: Option<Vec<Spanned<String>>>,
+    pub(super) ssh_keys: Option<Vec<Spanned<RawSshKey>>>,
     pub(super) password_hash: Option<Spanned<String>>,
     pub(super) timezone: Option<Spanned<String>>,
     pub(super) target: Option<Spanned<Target>>,
@@ -56,9 +57,27 @@ pub(super) struct RawSettings {
     pub(super) cmdline: Option<Vec<Spanned<String>>>,
     pub(super) kubernetes: Option<bool>,
     pub(super) overlays: Option<Vec<Spanned<String>>>,
-    pub(super) user_data: Option<toml::Table>,
+    pub(super) user_data: Option<Spanned<toml::Table>>,
     pub(super) eeprom: Option<Spanned<RawEeprom>>,
     pub(super) partition_table: Option<Spanned<PartitionScheme>>,
+}
+
+/// An `ssh_keys` entry: an inline key or a key file, or a key with `authorized_keys` options.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawSshKey {
+    /// `"ssh-ed25519 AAAA... me@host"` or `"keys/me.pub"`.
+    Line(String),
+    /// `{ key = "ssh-ed25519 AAAA... me@host", options = ["from=\"10.0.0.0/8\"", "no-pty"] }`.
+    WithOptions(RawKeyWithOptions),
+}
+
+/// A key and the `authorized_keys` options the profile gives it explicitly.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeyWithOptions {
+    pub(super) key: String,
+    pub(super) options: Vec<String>,
 }
 
 /// `eeprom = { boot_order = "0xf14", firmware = "...", recovery = "...", settings = { ... } }`.

@@ -29,7 +29,8 @@ pub(super) fn is_domain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_label)
 }
 
-pub(super) fn is_user_name(s: &str) -> bool {
+/// A login name as `useradd` takes it: lower-case letter or `_` first, at most 32 characters.
+pub fn is_user_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && s.len() <= 32
@@ -59,6 +60,67 @@ pub(super) fn is_sha512_crypt(s: &str) -> bool {
     }
 }
 
+/// The first setting of cloud-init user-data that would put a plain-text password on the node,
+/// as a path like `chpasswd.list[0]`: a top-level `password`, a `chpasswd` list entry or
+/// `chpasswd.users` entry whose password is not a SHA-512-crypt hash (also `RANDOM`, which
+/// prints one to the console, and `type: text`), and in `users` (or the old single `user`)
+/// `plain_text_passwd`, or a `passwd`/`hashed_passwd` that is not a SHA-512-crypt hash.
+pub(super) fn plain_password(user_data: &toml::Table) -> Option<String> {
+    let hash = |v: &toml::Value| v.as_str().is_some_and(is_sha512_crypt);
+    if user_data.contains_key("password") {
+        return Some("password".into());
+    }
+    if let Some(chpasswd) = user_data.get("chpasswd").and_then(toml::Value::as_table) {
+        // A list of `user:password`, or the same as one multi-line string.
+        let lines: Vec<(String, Option<&str>)> = match chpasswd.get("list") {
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("chpasswd.list[{i}]"), v.as_str()))
+                .collect(),
+            Some(toml::Value::String(text)) => text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| (format!("chpasswd.list line {}", i + 1), Some(l)))
+                .collect(),
+            Some(_) => vec![("chpasswd.list".into(), None)],
+            None => Vec::new(),
+        };
+        for (path, line) in lines {
+            let pw = line.and_then(|l| l.split_once(':')).map(|(_, p)| p);
+            if !pw.is_some_and(is_sha512_crypt) {
+                return Some(path);
+            }
+        }
+        let users = chpasswd.get("users").and_then(toml::Value::as_array);
+        for (i, u) in users.into_iter().flatten().enumerate() {
+            let typed_hash = u.get("type").is_none_or(|t| t.as_str() == Some("hash"));
+            if !typed_hash || !u.get("password").is_some_and(hash) {
+                return Some(format!("chpasswd.users[{i}]"));
+            }
+        }
+    }
+    let users = user_data.get("users").and_then(toml::Value::as_array);
+    let entries = users
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, u)| (format!("users[{i}]"), u))
+        .chain(user_data.get("user").map(|u| ("user".to_string(), u)));
+    for (path, u) in entries {
+        let Some(u) = u.as_table() else { continue };
+        if u.contains_key("plain_text_passwd") {
+            return Some(format!("{path}.plain_text_passwd"));
+        }
+        for key in ["passwd", "hashed_passwd"] {
+            if u.get(key).is_some_and(|v| !hash(v)) {
+                return Some(format!("{path}.{key}"));
+            }
+        }
+    }
+    None
+}
+
 pub(super) fn is_timezone(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('/')
@@ -78,7 +140,7 @@ pub(super) fn is_config_key(s: &str) -> bool {
 }
 
 /// A Linux interface name as `ip` takes it: at most 15 characters (IFNAMSIZ - 1).
-pub(super) fn is_interface_name(s: &str) -> bool {
+pub fn is_interface_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s.chars()
@@ -91,7 +153,7 @@ pub(super) fn is_sha256_hex(s: &str) -> bool {
 }
 
 /// The netmask of a /`prefix_len` subnet, as a number (`prefix_len` at most 32).
-pub(super) fn subnet_mask(prefix_len: u8) -> u32 {
+pub fn subnet_mask(prefix_len: u8) -> u32 {
     // A shift by 32 would overflow.
     if prefix_len == 0 {
         0
@@ -100,7 +162,8 @@ pub(super) fn subnet_mask(prefix_len: u8) -> u32 {
     }
 }
 
-pub(super) fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+/// `a.b.c.d/len` with `len` at most 32 and written without leading zeros.
+pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, len) = s.split_once('/')?;
     let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
     if len.to_string() != s.split_once('/')?.1 {
@@ -137,6 +200,49 @@ mod tests {
         assert_eq!(parse_cidr("192.168.1.13/33"), None);
         assert_eq!(parse_cidr("192.168.1.13"), None);
         assert_eq!(parse_cidr("192.168.1.13/024"), None);
+    }
+
+    #[test]
+    fn plain_passwords_in_user_data_are_found() {
+        let hash = format!("$6$salt${}", "a".repeat(86));
+        let found = |toml: &str| plain_password(&toml.parse::<toml::Table>().unwrap());
+        for (text, path) in [
+            ("password = \"hunter2\"", "password"),
+            (
+                "chpasswd = { list = [\"ubuntu:hunter2\"] }",
+                "chpasswd.list[0]",
+            ),
+            (
+                "chpasswd = { list = \"ubuntu:RANDOM\" }",
+                "chpasswd.list line 1",
+            ),
+            (
+                "chpasswd = { users = [{ name = \"u\", password = \"x\", type = \"text\" }] }",
+                "chpasswd.users[0]",
+            ),
+            (
+                "users = [{ name = \"u\", plain_text_passwd = \"x\" }]",
+                "users[0].plain_text_passwd",
+            ),
+            (
+                "users = [\"default\", { name = \"u\", passwd = \"x\" }]",
+                "users[1].passwd",
+            ),
+            (
+                "user = { name = \"u\", hashed_passwd = \"x\" }",
+                "user.hashed_passwd",
+            ),
+        ] {
+            assert_eq!(found(text).as_deref(), Some(path), "{text}");
+        }
+        for ok in [
+            format!("chpasswd = {{ expire = false, list = [\"ubuntu:{hash}\"] }}"),
+            format!("chpasswd = {{ users = [{{ name = \"u\", password = \"{hash}\" }}] }}"),
+            format!("users = [\"default\", {{ name = \"u\", passwd = \"{hash}\" }}]"),
+            "packages = [\"htop\"]".to_string(),
+        ] {
+            assert_eq!(found(&ok), None, "{ok}");
+        }
     }
 
     #[test]

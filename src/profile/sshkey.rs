@@ -1,6 +1,11 @@
 //! SSH public keys as they appear in `authorized_keys` / `*.pub` files: checked before they are
 //! written into an image, so a typo'd or truncated key fails the build instead of locking the
-//! user out of a node.
+//! user out of a node, and a key line can never carry a second line or options nobody asked for.
+//!
+//! A key line is `TYPE BASE64 [COMMENT]` with no control character anywhere (a newline would
+//! start another `authorized_keys` line). `authorized_keys` options (`from="..."`, `no-pty`,
+//! `command="..."`) are taken only from the profile's explicit form
+//! `{ key = "...", options = [...] }`, each option checked by [`check_option`].
 
 use base64::Engine;
 
@@ -16,9 +21,56 @@ const KNOWN_TYPES: &[&str] = &[
     "ssh-dss",
 ];
 
+/// `authorized_keys` options that take no value (sshd(8), AUTHORIZED_KEYS FILE FORMAT).
+const FLAG_OPTIONS: &[&str] = &[
+    "agent-forwarding",
+    "cert-authority",
+    "no-agent-forwarding",
+    "no-port-forwarding",
+    "no-pty",
+    "no-touch-required",
+    "no-user-rc",
+    "no-X11-forwarding",
+    "port-forwarding",
+    "pty",
+    "restrict",
+    "user-rc",
+    "verify-required",
+    "X11-forwarding",
+];
+
+/// `authorized_keys` options that take a quoted value: `name="value"`.
+const VALUE_OPTIONS: &[&str] = &[
+    "command",
+    "environment",
+    "expiry-time",
+    "from",
+    "permitlisten",
+    "permitopen",
+    "principals",
+    "tunnel",
+];
+
 /// Why a key line is not a usable public key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SshKeyError {
+    /// A control character (a newline would add another `authorized_keys` line).
+    #[error("contains a control character ({0:?}); a key is one line of printable text")]
+    Control(char),
+    /// The line starts with `authorized_keys` options.
+    #[error(
+        "starts with authorized_keys options ('{0}'); options are only taken from the profile's \
+         explicit form {{ key = \"TYPE BASE64 COMMENT\", options = [...] }}"
+    )]
+    Options(String),
+    /// An option that is not one OpenSSH knows, or is written wrongly.
+    #[error(
+        "'{0}' is not an authorized_keys option (expected one of {flags}, or name=\"value\" for \
+         {values}, the value without quotes, backslashes or control characters)",
+        flags = FLAG_OPTIONS.join(", "),
+        values = VALUE_OPTIONS.join(", ")
+    )]
+    BadOption(String),
     /// The type is not one OpenSSH accepts.
     #[error("unknown key type '{kind}' (expected one of {})", KNOWN_TYPES.join(", "))]
     UnknownType {
@@ -55,20 +107,31 @@ pub enum SshKeyError {
     },
 }
 
-/// True when `s` starts like an inline key rather than a file name.
+/// True when `s` holds a key type word (an inline key, perhaps preceded by options) rather than
+/// naming a file.
 pub fn looks_like_key(s: &str) -> bool {
-    let first = s.split_whitespace().next().unwrap_or("");
-    KNOWN_TYPES.contains(&first)
+    s.split_whitespace().any(|w| KNOWN_TYPES.contains(&w))
 }
 
 /// Check one public key line (`TYPE BASE64 [COMMENT]`): a known type, a base64 blob, and the key
 /// type embedded at the start of the blob equal to the declared one. Returns the line, trimmed.
 pub fn parse(line: &str) -> Result<String, SshKeyError> {
     let line = line.trim();
+    if let Some(c) = line.chars().find(|c| c.is_control()) {
+        return Err(SshKeyError::Control(c));
+    }
     let mut parts = line.splitn(3, char::is_whitespace);
     let kind = parts.next().unwrap_or("");
     let blob = parts.next().unwrap_or("").trim();
     if !KNOWN_TYPES.contains(&kind) {
+        // `opts TYPE BASE64`: options, spelled in the key itself.
+        if line
+            .split_whitespace()
+            .skip(1)
+            .any(|w| KNOWN_TYPES.contains(&w))
+        {
+            return Err(SshKeyError::Options(kind.into()));
+        }
         return Err(SshKeyError::UnknownType { kind: kind.into() });
     }
     let kind = kind.to_string();
@@ -90,6 +153,40 @@ pub fn parse(line: &str) -> Result<String, SshKeyError> {
         return Err(SshKeyError::TypeMismatch { kind, embedded });
     }
     Ok(line.to_string())
+}
+
+/// Check one `authorized_keys` option: a name OpenSSH knows, with a `"value"` exactly when the
+/// option takes one, holding no `"`, backslash or control character (nothing that could end
+/// the value early or start another option or line).
+pub fn check_option(option: &str) -> Result<(), SshKeyError> {
+    let bad = || SshKeyError::BadOption(option.escape_debug().to_string());
+    match option.split_once('=') {
+        None if FLAG_OPTIONS.contains(&option) => Ok(()),
+        Some((name, quoted)) if VALUE_OPTIONS.contains(&name) => {
+            let value = quoted
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .ok_or_else(bad)?;
+            if value
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+            {
+                return Err(bad());
+            }
+            Ok(())
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// The `authorized_keys` line for `key` (checked by [`parse`]) with `options` (each checked by
+/// [`check_option`]): `opt1,opt2 TYPE BASE64 COMMENT`.
+pub fn with_options(options: &[String], key: &str) -> String {
+    if options.is_empty() {
+        key.to_string()
+    } else {
+        format!("{} {key}", options.join(","))
+    }
 }
 
 /// The key type string at the start of an SSH wire-format public key: a 32-bit big-endian length
@@ -121,5 +218,46 @@ mod tests {
         assert!(error("ssh-foo AAAA").contains("unknown key type"));
         assert!(error("ssh-ed25519").contains("no base64"));
         assert!(error("ssh-ed25519 AAAA").contains("truncated"));
+    }
+
+    #[test]
+    fn a_newline_or_other_control_character_is_refused_anywhere() {
+        let injected = format!("{ED25519}\ncommand=\"/bin/sh\" {ED25519}");
+        assert_eq!(parse(&injected), Err(SshKeyError::Control('\n')));
+        assert_eq!(
+            parse(&format!("{ED25519} a\0b")),
+            Err(SshKeyError::Control('\0'))
+        );
+        let with_opts = format!("command=\"/bin/sh\" {ED25519}");
+        assert!(matches!(parse(&with_opts), Err(SshKeyError::Options(_))));
+    }
+
+    #[test]
+    fn options_are_known_names_with_plain_quoted_values() {
+        for ok in [
+            "no-pty",
+            "restrict",
+            "from=\"10.0.0.0/8,192.168.1.*\"",
+            "command=\"uptime\"",
+        ] {
+            assert_eq!(check_option(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "no-pty,command=\"/bin/sh\"",
+            "from=10.0.0.0/8",
+            "from=\"a\"b\"",
+            "command=\"x\\\"\"",
+            "command=\"a\nb\"",
+            "no-pty=\"1\"",
+            "pty ",
+            "shell=\"x\"",
+        ] {
+            assert!(check_option(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            with_options(&["no-pty".into(), "from=\"10.0.0.1\"".into()], ED25519),
+            format!("no-pty,from=\"10.0.0.1\" {ED25519}")
+        );
     }
 }

@@ -261,6 +261,7 @@ impl Validator<'_> {
         let remote = |url: &str, default_sums: Option<&str>, release: Option<&str>| RemoteBase {
             url: url.to_string(),
             sha256: sha256.clone(),
+            size: cluster.base_size.as_ref().map(|s| *s.get_ref()),
             sha256sums: sums.clone().or(default_sums.map(str::to_string)),
             release: release.map(str::to_string),
             signing_key: signing_key.clone(),
@@ -358,13 +359,24 @@ impl Validator<'_> {
 
     /// A local base file; checksums verify downloads, and a local file is the user's own.
     fn local_base(&self, cluster: &RawCluster, b: &str) -> Result<BaseSpec, ProfileError> {
-        for (field, value) in [
-            ("cluster.base_sha256", &cluster.base_sha256),
-            ("cluster.base_sha256sums", &cluster.base_sha256sums),
-        ] {
-            if let Some(v) = value {
+        let spans = [
+            (
+                "cluster.base_sha256",
+                cluster.base_sha256.as_ref().map(|v| v.span()),
+            ),
+            (
+                "cluster.base_sha256sums",
+                cluster.base_sha256sums.as_ref().map(|v| v.span()),
+            ),
+            (
+                "cluster.base_size",
+                cluster.base_size.as_ref().map(|v| v.span()),
+            ),
+        ];
+        for (field, span) in spans {
+            if let Some(span) = span {
                 return Err(self.err(
-                    v.span(),
+                    span,
                     field,
                     format!("only applies to a URL base, and base is the local file '{b}'"),
                 ));

@@ -119,28 +119,49 @@ pub fn python_with_yaml() -> String {
     panic!("no python3 with PyYAML found (apt-get install python3-yaml)");
 }
 
+/// Run `cmd` with `input` on its stdin; its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (see scripts/deps.txt)"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Run the Python statements `code` on the JSON document `json`, parsed by python3's json
+/// module as `d` (`sys.argv[1:]` = `args`), asserting they succeed; returns what they print.
+pub fn python_json(json: &[u8], code: &str, args: &[&str]) -> String {
+    let out = run_with_stdin(
+        Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import json, sys\nd = json.load(sys.stdin)\n{code}"
+            ))
+            .args(args),
+        json,
+    );
+    assert!(
+        out.status.success(),
+        "python3 on {}:\n{}",
+        String::from_utf8_lossy(json),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
 /// Parse YAML text with PyYAML (an independent parser) and evaluate the Python expression
 /// `expr` on the document `d` (`json` is imported); returns what it prints (`str()` of the
 /// result).
 pub fn yaml_eval(text: &str, expr: &str) -> String {
-    use std::io::Write;
     let py = python_with_yaml();
     let script =
         format!("import sys, json, yaml\nd = yaml.safe_load(sys.stdin.read())\nprint({expr})");
-    let mut child = Command::new(py)
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(Command::new(py).args(["-c", &script]), text.as_bytes());
     assert!(
         out.status.success(),
         "PyYAML on:\n{text}\nfailed: {}",

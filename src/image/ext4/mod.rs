@@ -539,7 +539,8 @@ impl Ext4Fs {
         Ok(out)
     }
 
-    /// Writes everything out and closes the filesystem.
+    /// Writes everything out (without fsync: the image's owner syncs it) and closes the
+    /// filesystem.
     pub fn close(mut self) -> Result<(), Ext4Error> {
         let fs = std::mem::replace(&mut self.fs, std::ptr::null_mut());
         // SAFETY: fs is live and, with self.fs nulled, is not used again (Drop skips it).

@@ -96,9 +96,11 @@ void pi_set_now(ext2_filsys fs, int64_t now)
 	fs->now = (time_t)now;
 }
 
+/* Writes everything out without fsync: whoever owns the image file syncs it once at the end
+ * (a build's PendingOutput), so the kernel writes the image back while other work goes on. */
 long pi_close(ext2_filsys fs)
 {
-	errcode_t err = ext2fs_close2(fs, 0);
+	errcode_t err = ext2fs_close2(fs, EXT2_FLAG_FLUSH_NO_SYNC);
 
 	if (err)
 		ext2fs_free(fs);

@@ -186,13 +186,15 @@ impl<'a, T: ReadWriteSeek> Clone for File<'a, T> {
 }
 
 impl<'a, T: ReadWriteSeek> Read for File<'a, T> {
+    // PATCHED (pi-image, see PATCHES.md): the first cluster and the chain's length are checked.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let cluster_size = self.fs.cluster_size();
         let current_cluster_opt = if self.offset % cluster_size == 0 {
             // next cluster
             match self.current_cluster {
-                None => self.first_cluster,
+                None => self.first_cluster.map(|n| self.fs.check_cluster(n)).transpose()?,
                 Some(n) => {
+                    self.fs.check_chain_length(self.offset, self.is_dir())?;
                     let r = self.fs.cluster_iter(n).next();
                     match r {
                         Some(Err(err)) => return Err(err),
@@ -239,6 +241,7 @@ impl<'a, T: ReadWriteSeek> Read for File<'a, T> {
 }
 
 impl<'a, T: ReadWriteSeek> Write for File<'a, T> {
+    // PATCHED (pi-image, see PATCHES.md): the first cluster and the chain's length are checked.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let cluster_size = self.fs.cluster_size();
         let offset_in_cluster = self.offset % cluster_size;
@@ -256,8 +259,9 @@ impl<'a, T: ReadWriteSeek> Write for File<'a, T> {
         let current_cluster = if self.offset % cluster_size == 0 {
             // next cluster
             let next_cluster = match self.current_cluster {
-                None => self.first_cluster,
+                None => self.first_cluster.map(|n| self.fs.check_cluster(n)).transpose()?,
                 Some(n) => {
+                    self.fs.check_chain_length(self.offset, self.is_dir())?;
                     let r = self.fs.cluster_iter(n).next();
                     match r {
                         Some(Err(err)) => return Err(err),

@@ -18,6 +18,9 @@ use dir::{Dir, DirRawStream};
 use dir_entry::{DirFileEntryData, FileAttributes};
 use file::File;
 use table::{alloc_cluster, count_free_clusters, format_fat, read_fat_flags, ClusterIterator, RESERVED_FAT_ENTRIES};
+
+// PATCHED (pi-image, see PATCHES.md): the most a directory may hold, 65536 entries of 32 bytes.
+const MAX_DIR_BYTES: u32 = 65536 * 32;
 use time::{TimeProvider, DEFAULT_TIME_PROVIDER};
 
 // FAT implementation based on:
@@ -452,6 +455,31 @@ impl<T: ReadWriteSeek> FileSystem<T> {
         self.bpb.cluster_size()
     }
 
+    // PATCHED (pi-image, see PATCHES.md): `cluster`, if it is one of the filesystem's data
+    // clusters (a first cluster read from a directory entry may not be).
+    pub(crate) fn check_cluster(&self, cluster: u32) -> io::Result<u32> {
+        if cluster < RESERVED_FAT_ENTRIES || cluster - RESERVED_FAT_ENTRIES >= self.total_clusters {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "directory entry points to a cluster outside the filesystem",
+            ));
+        }
+        Ok(cluster)
+    }
+
+    // PATCHED (pi-image, see PATCHES.md): a file cannot hold more clusters than the filesystem
+    // has, nor a directory more than 65536 entries (2 MiB, the FAT limit); reading or writing
+    // on past that means its chain loops.
+    pub(crate) fn check_chain_length(&self, offset: u32, is_dir: bool) -> io::Result<()> {
+        if (is_dir && offset >= MAX_DIR_BYTES) || offset / self.cluster_size() >= self.total_clusters {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "cluster chain is longer than the filesystem: it loops",
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn offset_from_cluster(&self, cluser: u32) -> u64 {
         self.offset_from_sector(self.sector_from_cluster(cluser))
     }
@@ -471,7 +499,7 @@ impl<T: ReadWriteSeek> FileSystem<T> {
 
     pub(crate) fn cluster_iter<'b>(&'b self, cluster: u32) -> ClusterIterator<DiskSlice<FsIoAdapter<'b, T>>> {
         let disk_slice = self.fat_slice();
-        ClusterIterator::new(disk_slice, self.fat_type, cluster)
+        ClusterIterator::new(disk_slice, self.fat_type, cluster, self.total_clusters + RESERVED_FAT_ENTRIES)
     }
 
     pub(crate) fn truncate_cluster_chain(&self, cluster: u32) -> io::Result<()> {

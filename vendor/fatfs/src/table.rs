@@ -416,11 +416,15 @@ pub(crate) struct ClusterIterator<T: ReadWriteSeek> {
     fat_type: FatType,
     cluster: Option<u32>,
     err: bool,
+    // PATCHED (pi-image, see PATCHES.md): one past the last valid cluster number.
+    end_cluster: u32,
 }
 
 impl<T: ReadWriteSeek> ClusterIterator<T> {
-    pub(crate) fn new(fat: T, fat_type: FatType, cluster: u32) -> Self {
-        ClusterIterator { fat, fat_type, cluster: Some(cluster), err: false }
+    // PATCHED (pi-image, see PATCHES.md): knows the valid cluster numbers, so that a FAT entry
+    // pointing outside the filesystem is an error instead of a bogus offset.
+    pub(crate) fn new(fat: T, fat_type: FatType, cluster: u32, end_cluster: u32) -> Self {
+        ClusterIterator { fat, fat_type, cluster: Some(cluster), err: false, end_cluster }
     }
 
     pub(crate) fn truncate(&mut self) -> io::Result<u32> {
@@ -464,6 +468,16 @@ impl<T: ReadWriteSeek> Iterator for ClusterIterator<T> {
                 },
             }
         }
+        // PATCHED (pi-image, see PATCHES.md): refuse links to clusters that do not exist.
+        if let Some(n) = self.cluster {
+            if n < RESERVED_FAT_ENTRIES || n >= self.end_cluster {
+                self.err = true;
+                return Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "FAT entry points to a cluster outside the filesystem",
+                )));
+            }
+        }
         self.cluster.map(Ok)
     }
 }
@@ -502,12 +516,12 @@ mod tests {
         assert_eq!(count_free_clusters(&mut cur, fat_type, 0x1E).unwrap(), 3);
         // test reading from iterator
         {
-            let iter = ClusterIterator::new(&mut cur, fat_type, 0x9);
+            let iter = ClusterIterator::new(&mut cur, fat_type, 0x9, core::u32::MAX);
             assert_eq!(iter.map(|r| r.unwrap()).collect::<Vec<_>>(), vec![0xA, 0x14, 0x15, 0x16, 0x19, 0x1A]);
         }
         // test truncating a chain
         {
-            let mut iter = ClusterIterator::new(&mut cur, fat_type, 0x9);
+            let mut iter = ClusterIterator::new(&mut cur, fat_type, 0x9, core::u32::MAX);
             assert_eq!(iter.nth(3).unwrap().unwrap(), 0x16);
             iter.truncate().unwrap();
         }
@@ -516,7 +530,7 @@ mod tests {
         assert_eq!(read_fat(&mut cur, fat_type, 0x1A).unwrap(), FatValue::Free);
         // test freeing a chain
         {
-            let mut iter = ClusterIterator::new(&mut cur, fat_type, 0x9);
+            let mut iter = ClusterIterator::new(&mut cur, fat_type, 0x9, core::u32::MAX);
             iter.free().unwrap();
         }
         assert_eq!(read_fat(&mut cur, fat_type, 0x9).unwrap(), FatValue::Free);
