@@ -92,8 +92,10 @@ fn cache_list_json_lists_each_entry_with_its_metadata() {
         format!(
             "source_url = \"https://example.invalid/x.img.xz\"\nrelease = \"Ubuntu 20.04.5\"\n\
              format = \"xz\"\ncompressed_sha256 = \"{key}\"\ncompressed_size = 10\n\
-             raw_sha256 = \"{}\"\nraw_size = 3\nverified_by = \"pinned\"\n\
-             fetched_at = \"2024-01-01T00:00:00Z\"\nlast_used = \"2024-01-02T00:00:00Z\"\n",
+             raw_sha256 = \"{}\"\nraw_size = 3\n\
+             fetched_at = \"2024-01-01T00:00:00Z\"\nlast_used = \"2024-01-02T00:00:00Z\"\n\
+             [verification]\nmethod = \"signed-sha256sums\"\n\
+             sums_url = \"https://example.invalid/SHA256SUMS\"\nkey_fingerprint = \"843938DF\"\n",
             "cd".repeat(32)
         ),
     )
@@ -107,7 +109,8 @@ assert d['cache_dir'] == sys.argv[1], d
 [e] = d['images']
 assert e['image'] == sys.argv[1] + '/' + sys.argv[2] + '.img', e
 assert e['compressed_sha256'] == sys.argv[2] and e['raw_size'] == 3, e
-assert e['source_url'] == 'https://example.invalid/x.img.xz' and e['verified_by'] == 'pinned', e
+assert e['source_url'] == 'https://example.invalid/x.img.xz', e
+assert e['verification'] == {'method': 'signed-sha256sums', 'sums_url': 'https://example.invalid/SHA256SUMS', 'key_fingerprint': '843938DF'}, e
 assert e['release'] == 'Ubuntu 20.04.5' and e['last_used'] == '2024-01-02T00:00:00Z', e
 print('ok')
 "#;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    bmap_ranges, cmp_ranges, demo_images, fixture_raw, fixture_xz, fsck_partitions, garbage_file,
-    pi_image, pi_image_ok, repo, run, run_ok, s, sha256,
+    cmp_ranges, demo_images, fixture_raw, fixture_xz, fsck_partitions, garbage_file, pi_image,
+    pi_image_ok, repo, run, run_ok, s, sha256,
 };
 
 /// `img` compressed with `tool` (xz, gzip or zstd) into `dir`.
@@ -47,7 +47,10 @@ fn raw_and_compressed_images_land_byte_identical_in_a_new_file() {
 }
 
 #[test]
-fn onto_garbage_only_the_mapped_ranges_are_written_and_the_filesystems_are_clean() {
+fn over_a_longer_file_the_result_is_exactly_the_image_and_the_filesystems_are_clean() {
+    // --to-file writes a new file (renamed over the old one when complete), so that `cmp` and
+    // `verify` agree on the whole file; what a disk keeps outside the map is tested on loop
+    // devices (tests/flash_loop.rs).
     let tmp = tempfile::tempdir().unwrap();
     // The demo image's own map (made by pi-image from the filesystems), and an .xz image
     // with that .bmap beside it (x.img.bmap next to x.img.xz).
@@ -55,36 +58,16 @@ fn onto_garbage_only_the_mapped_ranges_are_written_and_the_filesystems_are_clean
     fs::copy(demo_images().join("pi3.img"), &img).unwrap();
     let bmap = tmp.path().join("ref.bmap");
     pi_image_ok(&repo(), &["bmap", s(&img), "-o", s(&bmap)]);
-    let ranges = bmap_ranges(&bmap);
     let xz = compressed(&img, tmp.path(), "xz", "xz");
     fs::copy(&bmap, tmp.path().join("pi3.img.bmap")).unwrap();
     let size = fs::metadata(&img).unwrap().len();
-    let len = size + (8 << 20);
-    // garbage_file is deterministic: this copy is what the target held before.
-    let garbage = tmp.path().join("garbage.img");
-    garbage_file(&garbage, len);
-    let mut gaps = Vec::new();
-    let mut pos = 0;
-    for &(a, b) in &ranges {
-        if a > pos {
-            gaps.push((pos, a));
-        }
-        pos = b;
-    }
-    gaps.push((pos, len));
     for input in [&img, &xz] {
         let target = tmp.path().join("card.img");
-        fs::copy(&garbage, &target).unwrap();
+        garbage_file(&target, size + (8 << 20));
         pi_image_ok(&repo(), &["flash", s(input), s(&target), "--to-file"]);
-        cmp_ranges(&img, &target, &ranges);
+        run_ok(Command::new("cmp").args([&img, &target]));
         fsck_partitions(&target, tmp.path());
-        // Outside the map the garbage is still there: free space was skipped.
-        cmp_ranges(&garbage, &target, &gaps);
-        assert_eq!(
-            fs::metadata(&target).unwrap().len(),
-            len,
-            "the target keeps its length"
-        );
+        pi_image_ok(&repo(), &["verify", s(&img), s(&target)]);
     }
 }
 
@@ -171,7 +154,7 @@ fn several_targets_at_once_and_a_failing_one_does_not_stop_the_others() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stdout}{stderr}");
     assert!(
-        stderr.contains("no-such-dir/c.img") && stderr.contains("1 of 3 targets failed"),
+        stderr.contains("no-such-dir") && stderr.contains("1 of 3 targets failed"),
         "{stderr}"
     );
     let line = |name: &str| {

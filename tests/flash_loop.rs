@@ -78,6 +78,9 @@ fn flash_two_loop_devices_at_once_then_fsck_and_cmp_them() {
     let (fa, fb) = (tmp.path().join("a.disk"), tmp.path().join("b.disk"));
     garbage_file(&fa, size + (16 << 20));
     fs::copy(&fa, &fb).unwrap();
+    // What the disks held before: outside the map it must still be there.
+    let before = tmp.path().join("before.disk");
+    fs::copy(&fa, &before).unwrap();
     let Some(a) = Loop::attach(&fa) else { return };
     let Some(b) = Loop::attach(&fb) else { return };
     let out = pi_image_ok(&repo(), &["flash", s(&img), s(&a.dev), s(&b.dev), "--yes"]);
@@ -93,6 +96,8 @@ fn flash_two_loop_devices_at_once_then_fsck_and_cmp_them() {
             "{summary}"
         );
         cmp_ranges(&img, &l.dev, &ranges);
+        // Free space was skipped: outside the map the old bytes are still there.
+        cmp_ranges(&before, &l.dev, &gaps(&ranges, size + (16 << 20)));
         fsck_partitions(&l.dev, tmp.path());
         pi_image_ok(&repo(), &["verify", s(&img), s(&l.dev)]);
     }
@@ -455,4 +460,18 @@ fn a_partition_is_refused_naming_the_whole_disk() {
     );
     drop(l);
     assert_eq!(sha256(&file), before, "a refused flash wrote something");
+}
+
+/// The byte ranges of `[0, len)` outside `ranges` (sorted, disjoint).
+fn gaps(ranges: &[(u64, u64)], len: u64) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    let mut pos = 0;
+    for &(a, b) in ranges {
+        if a > pos {
+            gaps.push((pos, a));
+        }
+        pos = b;
+    }
+    gaps.push((pos, len));
+    gaps
 }

@@ -173,40 +173,53 @@ fn hole_12_the_next_run_sweeps_what_a_killed_run_left() {
         "the kill left nothing to sweep"
     );
     pi_image_ok(&repo(), &args);
-    assert_eq!(names(&out), ["pi1.img"]);
+    // The image and its build record (issue 12), no temp anywhere below.
+    assert_eq!(names(&out), [".pi-image", "pi1.img"]);
+    assert_eq!(temps_under(&out), Vec::<PathBuf>::new());
 }
 
-/// (12) `cache clean` removes everything pi-image puts in the cache, including the node
-/// images of a killed `flash --node`.
+/// (12) A killed `flash --node` (which builds the node into `--out` first) leaves temps there;
+/// the next one sweeps them and writes the node, and `cache clean` leaves only the cache's
+/// skeleton. (Node images no longer live in the cache: issue 12 builds them into `--out`.)
 #[test]
-fn hole_12_cache_clean_removes_a_killed_flash_nodes_directory() {
+fn hole_12_a_killed_flash_node_is_swept_by_the_next_and_cache_clean_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
+    let out = tmp.path().join("out");
     let target = tmp.path().join("copy.img");
-    let mut child = spawn(
-        &repo(),
-        &[
-            "--cache-dir",
-            s(&cache),
-            "flash",
-            "--node",
-            "pi1",
-            s(&target),
-            "--base",
-            s(&fixture_xz()),
-            "--to-file",
-        ],
-    );
-    wait_for(&cache, |n| n.contains("flash"));
+    let xz = fixture_xz();
+    let args = [
+        "--cache-dir",
+        s(&cache),
+        "flash",
+        "--node",
+        "pi1",
+        s(&target),
+        "--base",
+        s(&xz),
+        "--out",
+        s(&out),
+        "--to-file",
+    ];
+    let mut child = spawn(&repo(), &args);
+    wait_for(&out, |n| n.starts_with(".base.raw."));
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     assert!(
-        names(&cache).iter().any(|n| n.contains("flash")),
-        "{:?}",
-        names(&cache)
+        !temps_under(&out).is_empty(),
+        "the kill left nothing to sweep"
     );
-    let out = pi_image_ok(&repo(), &["--cache-dir", s(&cache), "cache", "clean"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
+    pi_image_ok(&repo(), &args);
+    assert_eq!(names(&out), [".pi-image", "pi1.img"]);
+    assert_eq!(temps_under(&out), Vec::<PathBuf>::new());
+    assert!(
+        Command::new("cmp")
+            .args([out.join("pi1.img"), target.clone()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    pi_image_ok(&repo(), &["--cache-dir", s(&cache), "cache", "clean"]);
     assert_eq!(names(&cache), ["lock", "partial"]);
     assert_eq!(names(&cache.join("partial")), Vec::<String>::new());
 }

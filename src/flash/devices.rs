@@ -484,6 +484,13 @@ fn dev_number(rdev: u64) -> String {
 /// The disk behind the device node `node` (a real `/dev` path), read through `root`. Refuses
 /// anything that is not a block device, and partitions.
 pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
+    let meta = block_device(node)?;
+    disk_for_dev(root, node, meta.rdev())
+}
+
+/// The metadata of the block device `node`; an error that says what to give instead when it
+/// is missing or not a block device.
+pub fn block_device(node: &Path) -> Result<fs::Metadata, DeviceError> {
     let meta = match fs::metadata(node) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(DeviceError::Missing {
@@ -497,7 +504,7 @@ pub fn disk_for(root: &SysRoot, node: &Path) -> Result<Disk, DeviceError> {
             path: node.to_owned(),
         });
     }
-    disk_for_dev(root, node, meta.rdev())
+    Ok(meta)
 }
 
 /// The disk with device number `rdev` (from `fstat` of an open device, so that it is the device

@@ -60,13 +60,7 @@ impl Target {
                 fresh: true,
             });
         }
-        let meta = std::fs::metadata(path).at(path)?;
-        if !meta.file_type().is_block_device() {
-            return Err(DeviceError::NotBlock {
-                path: path.to_owned(),
-            }
-            .into());
-        }
+        devices::block_device(path)?;
         let device = match open_exclusive(path) {
             Ok(d) => d,
             Err(e) if e.source.raw_os_error() == Some(libc::EBUSY) => {
