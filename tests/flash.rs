@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    cmp_ranges, demo_images, fixture_raw, fixture_xz, fsck_partitions, garbage_file, pi_image,
-    pi_image_ok, repo, run, run_ok, s, sha256,
+    bmap_ranges, cmp_ranges, demo_images, fixture_raw, fixture_xz, fsck_partitions, garbage_file,
+    pi_image, pi_image_ok, repo, run, run_ok, s, sha256,
 };
 
 /// `img` compressed with `tool` (xz, gzip or zstd) into `dir`.
