@@ -66,7 +66,8 @@ run() {
   # Each summary line ends in "<seconds> s".
   awk '/ s$/{print $(NF-1)}' "$work/$label.out" > "$work/$label.secs"
   first=$(head -1 "$work/$label.secs")
-  size=$(du -sb "$work/$label" | cut -f1)
+  # The release as published: without the build record (.pi-image/, hidden, not uploaded).
+  size=$(du -sb --exclude=.pi-image "$work/$label" | cut -f1)
   head -3 "$work/$label.out"
 }
 mean_rest() { tail -n +2 "$1" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
@@ -83,7 +84,7 @@ many_wall=$wall many_rss=$rss_mb many_first=$first many_size=$size
 many_mean=$(mean_rest "$work/chunked-many.secs")
 (cd "$work/chunked-many" && sha256sum -c --quiet SHA256SUMS)
 # The last node read back and compared with a plain build of it.
-last=$(tail -1 "$work/chunked-many.out" | awk '{print $1}')
+last=$(awk '/\.chunks\.json /{n=$1} END {print n}' "$work/chunked-many.out")
 "$bin" extract --release "$work/chunked-many" --node "$last" -o "$work/last.img" > /dev/null
 "$bin" --profile "$many" build --node "$last" --out "$work/plain" > /dev/null
 cmp "$work/last.img" "$work/plain/$last.img"

@@ -193,6 +193,66 @@ fn extracted_and_flashed_images_equal_plain_builds() {
     }
 }
 
+/// `build --chunked` is recorded like any build (issue 12): the record names the node's index,
+/// and `flash DEVICE`, `flash INDEX DEVICE` and `verify INDEX DEVICE` read the node's image
+/// from the release the index is in.
+#[test]
+fn the_build_record_names_the_index_and_flash_and_verify_read_it() {
+    let b = built();
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    let json = pi_image_ok(
+        &repo(),
+        &[
+            "--profile",
+            s(&b.profile),
+            "build",
+            "--node",
+            "w03",
+            "--chunked",
+            "--out",
+            s(&one),
+            "--json",
+        ],
+    );
+    let index = one.join("w03.chunks.json");
+    let index_sha = common::sha256(&index);
+    let raw = b.raw.join("w03.img");
+    let raw_size = fs::metadata(&raw).unwrap().len().to_string();
+    assert_eq!(
+        common::python_json(
+            &json.stdout,
+            "i = d['images'][0]\nprint(d['chunked'], d['os_list'], i['node'], i['path'] == sys.argv[1], i['sha256'] == sys.argv[2], i['raw_size'])",
+            &[s(&index), &index_sha],
+        ),
+        format!("True None w03 True True {raw_size}")
+    );
+    let record = fs::read(one.join(".pi-image/build.json")).unwrap();
+    assert_eq!(
+        common::python_json(
+            &record,
+            "e = d['images']['w03']\nprint(e['file'], e['format'], e['written']['sha256'] == sys.argv[1], d['last_build']['nodes'])",
+            &[&index_sha],
+        ),
+        "w03.chunks.json chunked True ['w03']"
+    );
+    assert!(!one.join("os_list.json").exists());
+    // flash DEVICE: what the last build into --out wrote.
+    let card = tmp.path().join("card.img");
+    pi_image_ok(&repo(), &["flash", "--out", s(&one), s(&card), "--to-file"]);
+    same(&card, &raw);
+    // flash INDEX DEVICE, then verify INDEX DEVICE: a match, then a flipped byte (exit 3).
+    let other = tmp.path().join("other.img");
+    pi_image_ok(&repo(), &["flash", s(&index), s(&other), "--to-file"]);
+    same(&other, &raw);
+    pi_image_ok(&repo(), &["verify", s(&index), s(&other)]);
+    let mut bytes = fs::read(&other).unwrap();
+    bytes[1 << 20] ^= 1;
+    fs::write(&other, &bytes).unwrap();
+    let out = pi_image(&repo(), &["verify", s(&index), s(&other)]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
 #[test]
 fn python_reads_the_release_from_its_documented_format() {
     let b = built();

@@ -8,9 +8,13 @@ use anyhow::bail;
 use serde::Serialize;
 
 use crate::cli::{FlashArgs, Global, VerifyArgs};
+use crate::dist::nodeindex::INDEX_SUFFIX;
 use crate::dist::reader::ReleaseImage;
 use crate::flash::devices::{self, SysRoot};
-use crate::flash::{self, About, FlashError, FlashOptions, Job, NodeFacts, Source, Target};
+use crate::flash::{
+    self, About, FlashError, FlashOptions, Job, NodeFacts, Source, Streamed, Target,
+};
+use crate::io::tempfiles::parent_dir;
 use crate::outdir::{self, LastBuilt, NodeImage, OutDir};
 
 /// What `flash` was asked to write, by the form of its arguments.
@@ -95,7 +99,7 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
     let mut pairs: Vec<(Source, Vec<PathBuf>, About)> = Vec::new();
     match Form::of(&args)? {
         Form::Image(image, devices) => {
-            let source = Source::open(&image)?;
+            let source = open_source(&image)?;
             let about = about_source(&source);
             pairs.push((source, devices, about));
         }
@@ -145,7 +149,7 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
                 ),
             };
             // A `build --chunked` record names the node's index: Source reads it from the release.
-            let source = Source::open(&image.path)?;
+            let source = open_source(&image.path)?;
             let about = about_source(&source);
             pairs.push((source, vec![device], about));
         }
@@ -170,7 +174,7 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
             // A build into the release directory waits until the images are written.
             _held = Some(OutDir::for_reading(&dir)?);
             for (node, devices) in wanted {
-                let source = Source::release(ReleaseImage::open(&dir, &node)?);
+                let source = release_source(ReleaseImage::open(&dir, &node)?);
                 let about = about_source(&source);
                 pairs.push((source, devices, about));
             }
@@ -200,7 +204,7 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
             }
         }
         if source.map.is_none() && !args.to_file {
-            match source.release {
+            match source.streamed {
                 Some(_) => eprintln!(
                     "pi-image: {} has no block map: writing every block of the image",
                     image.display()
@@ -295,12 +299,50 @@ fn about(image: &NodeImage) -> About {
 /// has the index file's).
 fn about_source(source: &Source) -> About {
     let recorded = outdir::recorded_image(&source.path).map_or_else(About::default, |i| about(&i));
-    match &source.release {
+    match &source.streamed {
         Some(image) => About {
             node: recorded.node,
-            sha256: image.index().image_sha256.clone(),
+            sha256: image.sha256().map(str::to_string),
         },
         None => recorded,
+    }
+}
+
+/// The image at `path`: a `<node>.chunks.json` is that node's image in the shared-chunk release
+/// the index is in; anything else an image file ([`Source::open`]).
+fn open_source(path: &Path) -> anyhow::Result<Source> {
+    let node = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(INDEX_SUFFIX));
+    Ok(match node {
+        Some(node) => release_source(ReleaseImage::open(&parent_dir(path), node)?),
+        None => Source::open(path)?,
+    })
+}
+
+/// A node's image in a shared-chunk release as a source, named by its index: its size from the
+/// index, its bytes read from its chunks, each checked before it is passed on.
+fn release_source(image: ReleaseImage) -> Source {
+    let path = image.index_path().to_owned();
+    Source::streamed(&path, std::sync::Arc::new(FromRelease(image)))
+}
+
+/// A release image as flash reads a [`Streamed`] image.
+#[derive(Debug)]
+struct FromRelease(ReleaseImage);
+
+impl Streamed for FromRelease {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn sha256(&self) -> Option<&str> {
+        self.0.index().image_sha256.as_deref()
+    }
+
+    fn reader(&self) -> Box<dyn std::io::Read + Send> {
+        Box::new(self.0.reader())
     }
 }
 
@@ -337,7 +379,7 @@ struct VerifyJson<'a> {
 /// Check that a disk (or file) holds an image, without writing. A difference is returned as
 /// [`super::Differs`] (exit status 3).
 pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let source = Source::open(&args.image)?;
+    let source = open_source(&args.image)?;
     let result = flash::verify(&source, &args.device, true);
     let difference = match &result {
         Err(FlashError::Mismatch { offset, .. }) => Some(*offset),

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use self::devices::DeviceError;
 use self::reader::{Digests, Piece, Slot, read_source};
 pub use self::report::{About, NodeFacts, confirm, summary};
-pub use self::source::Source;
+pub use self::source::{Source, Streamed};
 pub use self::target::Target;
 use self::verify::Expected;
 pub use self::verify::verify;
@@ -58,9 +58,6 @@ pub enum FlashError {
     /// The device may not be written to.
     #[error(transparent)]
     Device(#[from] DeviceError),
-    /// A shared-chunk release does not give the node's image.
-    #[error(transparent)]
-    Release(#[from] crate::dist::reader::ReleaseError),
     /// The image does not agree with its block map, or ended early.
     #[error("{}: {reason}", path.display())]
     Source {

@@ -1,18 +1,30 @@
 //! The image to flash: opening it (raw, or `.xz`/`.gz`/`.zst` judged by content), finding its
 //! block map (a `.bmap` beside it, else one made from a raw image's filesystems) and streaming
-//! its raw bytes for the reader and for locating a verification mismatch. A node's image in a
-//! shared-chunk release is a source too: its bytes come from the release's checked chunks.
+//! its raw bytes for the reader and for locating a verification mismatch. An image that comes
+//! as a self-checking stream ([`Streamed`], e.g. a node's image in a shared-chunk release, which
+//! `commands` wraps) is a source too.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{FlashError, PIECE_SIZE};
-use crate::dist::nodeindex::INDEX_SUFFIX;
-use crate::dist::reader::ReleaseImage;
 use crate::image::blockmap::BlockMap;
 use crate::image::{self, Format, bmap};
 use crate::io::{AtPath, read_full};
+
+/// A raw image given as a stream that checks itself as it is read (a node's image in a
+/// shared-chunk release): its size is known beforehand, it has no block map, and it is read
+/// from its first byte only.
+pub trait Streamed: std::fmt::Debug + Send + Sync {
+    /// The raw image's length in bytes.
+    fn size(&self) -> u64;
+    /// The raw image's sha256, when known beforehand.
+    fn sha256(&self) -> Option<&str>;
+    /// The raw image from its first byte; a read fails where the bytes do not check.
+    fn reader(&self) -> Box<dyn Read + Send>;
+}
 
 /// An image to flash: its compression, and the block map saying what to write.
 #[derive(Debug, Clone)]
@@ -29,24 +41,14 @@ pub struct Source {
     pub bmap_path: Option<PathBuf>,
     /// The raw image's size, when known before reading it all.
     pub size: Option<u64>,
-    /// The node image of a shared-chunk release whose chunks give the bytes (`path` is then
-    /// its index).
-    pub release: Option<ReleaseImage>,
+    /// The stream that gives the raw bytes, for a [`Streamed`] image (`path` only names it).
+    pub streamed: Option<Arc<dyn Streamed>>,
 }
 
 impl Source {
     /// Open `path` (raw, `.xz`, `.gz` or `.zst`, judged by content) and find its block map:
     /// `IMAGE.bmap` (or, for `x.img.xz`, `x.img.bmap`) if present, else made from a raw image.
-    /// A shared-chunk release's `<node>.chunks.json` is that node's image in the release.
     pub fn open(path: &Path) -> Result<Source, FlashError> {
-        if let Some(node) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(INDEX_SUFFIX))
-        {
-            let dir = crate::io::tempfiles::parent_dir(path);
-            return Ok(Source::release(ReleaseImage::open(&dir, node)?));
-        }
         let len = std::fs::metadata(path).at(path)?.len();
         let format = Format::of_file(path)?;
         let mut candidates = vec![with_suffix(path, ".bmap")];
@@ -86,28 +88,27 @@ impl Source {
             map,
             bmap_path,
             size,
-            release: None,
+            streamed: None,
         })
     }
 
-    /// A node's image in a shared-chunk release: its size from the index, no block map (every
-    /// block is written; to a new file only the non-zero ones), its bytes checked chunk by
-    /// chunk as they are read.
-    pub fn release(image: ReleaseImage) -> Source {
+    /// A [`Streamed`] image, named `path`: no block map (every block is written; to a new file
+    /// only the non-zero ones), its bytes checked by the stream as they are read.
+    pub fn streamed(path: &Path, image: Arc<dyn Streamed>) -> Source {
         Source {
-            path: image.index_path().to_owned(),
+            path: path.to_owned(),
             format: Format::Raw,
             map: None,
             bmap_path: None,
             size: Some(image.size()),
-            release: Some(image),
+            streamed: Some(image),
         }
     }
 
     /// Whether the image is a raw file, readable at any offset (a verifier compares the target
     /// with it directly).
     pub fn is_raw_file(&self) -> bool {
-        self.format == Format::Raw && self.release.is_none()
+        self.format == Format::Raw && self.streamed.is_none()
     }
 
     /// The raw image's size, decompressing the whole image once to count it if no `.bmap`
@@ -132,8 +133,8 @@ impl Source {
 
     /// The image as a stream of raw bytes.
     pub(super) fn stream(&self) -> Result<Stream, FlashError> {
-        if let Some(release) = &self.release {
-            return Ok(Stream::Decoded(Box::new(release.reader()), 0));
+        if let Some(image) = &self.streamed {
+            return Ok(Stream::Decoded(image.reader(), 0));
         }
         let file = File::open(&self.path).at(&self.path)?;
         Ok(match self.format {
