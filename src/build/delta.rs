@@ -72,20 +72,7 @@ pub fn build_node_deltas<E: From<BuildError>>(
     opts: &BuildOptions,
     each: &mut dyn FnMut(NodeDelta) -> Result<(), E>,
 ) -> Result<(), E> {
-    let inputs = nodes
-        .iter()
-        .map(|node| NodeInputs::load(profile, node, opts.epoch))
-        .collect::<Result<Vec<_>>>()?;
-    if !opts.base.is_file() {
-        return Err(BuildError::BaseNotFound {
-            base: opts.base.clone(),
-        }
-        .into());
-    }
-    std::fs::create_dir_all(&opts.out_dir)
-        .at(&opts.out_dir)
-        .map_err(BuildError::from)?;
-    let base = BaseImage::prepare(&opts.base, &opts.out_dir)?;
+    let (inputs, base) = super::prepare(profile, nodes, opts)?;
     let root = &base.root;
     let allocation = ext4_allocation(base.raw_path(), root.start, root.len)
         .map_err(|e| BuildError::RootAllocation(Box::new(e)))?;

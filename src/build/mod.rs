@@ -220,6 +220,20 @@ pub fn build_nodes_with<E: From<BuildError>>(
     opts: &BuildOptions,
     each: &mut dyn FnMut(PendingImage) -> Result<(), E>,
 ) -> Result<(), E> {
+    let (inputs, base) = prepare(profile, nodes, opts)?;
+    for (node, inputs) in nodes.iter().zip(&inputs) {
+        each(node::build(profile, node, inputs, opts, &base)?)?;
+    }
+    Ok(())
+}
+
+/// Every node's inputs, loaded and checked before anything is built, and the base read once
+/// (into the output directory, created if needed).
+fn prepare(
+    profile: &Profile,
+    nodes: &[&Node],
+    opts: &BuildOptions,
+) -> Result<(Vec<node::NodeInputs>, BaseImage)> {
     let inputs = nodes
         .iter()
         .map(|node| node::NodeInputs::load(profile, node, opts.epoch))
@@ -227,15 +241,9 @@ pub fn build_nodes_with<E: From<BuildError>>(
     if !opts.base.is_file() {
         return Err(BuildError::BaseNotFound {
             base: opts.base.clone(),
-        }
-        .into());
+        });
     }
-    std::fs::create_dir_all(&opts.out_dir)
-        .at(&opts.out_dir)
-        .map_err(BuildError::from)?;
+    std::fs::create_dir_all(&opts.out_dir).at(&opts.out_dir)?;
     let base = BaseImage::prepare(&opts.base, &opts.out_dir)?;
-    for (node, inputs) in nodes.iter().zip(&inputs) {
-        each(node::build(profile, node, inputs, opts, &base)?)?;
-    }
-    Ok(())
+    Ok((inputs, base))
 }
