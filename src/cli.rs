@@ -279,7 +279,8 @@ pub struct InspectArgs {
 #[derive(Args)]
 pub struct FlashArgs {
     /// DEVICE: write the image the last `build` into --out wrote (with --node NODE: that
-    /// node's). IMAGE DEVICE [DEVICE...]: write IMAGE (.img, .img.xz, .img.gz, .img.zst).
+    /// node's). IMAGE DEVICE [DEVICE...]: write IMAGE (.img, .img.xz, .img.gz, .img.zst, or a
+    /// release's <node>.chunks.json).
     #[arg(value_name = "[IMAGE] DEVICE")]
     pub args: Vec<PathBuf>,
     /// `--node NODE [DEVICE]`, as given.
