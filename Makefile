@@ -61,13 +61,15 @@ install: build
 # Fetch speed and memory on a generated ~1 GB image and the small test image served on
 # loopback, flash speed and memory on a generated ~3 GB image and the small test image against
 # dd and bmaptool, a raw build against cp + sync on the same two images, and release artifacts
-# for five nodes against the naive per-node pipeline on a ~3 GB image (BENCH_SIZE_GB) (not
-# tests). Each script prints its ratios and records them in bench/RESULTS.md.
+# for five nodes against the naive per-node pipeline on a ~3 GB image (BENCH_SIZE_GB), and a
+# 1,000-node set against 5 nodes (SCALE_NODES, SCALE_SIZE_GB) (not tests). Each script prints
+# its ratios and records them in bench/RESULTS.md.
 bench:
 	bench/fetch.sh
 	bench/flash.sh
 	bench/build.sh
 	bench/release.sh
+	bench/scale.sh
 
 clean:
 	$(CARGO) clean

@@ -6,9 +6,8 @@
 # the same image and pi-image's peak RSS; records the table in bench/RESULTS.md (the raw build
 # against `cp --sparse=always` is bench/build.sh's). Not a test: numbers only.
 #
-# BENCH_SIZE_GB (default 3) is the image size; two thirds of it is data in the ext4 root (files
-# from /usr, like binaries and text, plus a quarter random bytes, like already-compressed
-# files), the rest boot partition and free space. The full size takes long on two cores
+# BENCH_SIZE_GB (default 3) is the image size (bench/make-image.sh); two thirds of it is data in
+# the ext4 root, the rest boot partition and free space. The full size takes long on two cores
 # (the naive pipeline compresses the whole image five times).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -24,16 +23,8 @@ since() { echo "$(now) - $1" | bc; }
 
 # --- the bench image: the fixture's layout with a large root filesystem full of data ----------
 size_mb=$(echo "$SIZE_GB * 1024 / 1" | bc)
-root_mb=$((size_mb - 257))
 data_mb=$((size_mb * 2 / 3))
-echo "bench: making a ${size_mb} MiB image with ${data_mb} MiB of data in its root filesystem"
-mkdir -p "$work/extra/opt/bench/usr" "$work/extra/opt/bench/random"
-find /usr -xdev -type f -size +16k -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null \
-  | head -c "$((data_mb * 3 / 4 << 20))" | (cd "$work/extra/opt/bench/usr" && split -b 4M - f) || true
-head -c "$((data_mb / 4 << 20))" /dev/urandom | (cd "$work/extra/opt/bench/random" && split -b 4M - f)
-ROOT_MB=$root_mb EXTRA_TREE="$work/extra" TMPDIR="$work" tests/fixtures/make-base.sh "$work/bench.img"
-rm -rf "$work/extra"
-ls -ls "$work/bench.img"
+bench/make-image.sh "$SIZE_GB" "$work/bench.img"
 base="$work/bench.img"
 
 # --- one raw node, for the size comparison ---------------------------------------------------

@@ -51,11 +51,17 @@ impl Global {
 #[derive(Subcommand)]
 pub enum Command {
     /// Build one image per node: `<out>/<node>.img`, or with --compress `<out>/<node>.img.xz`
-    /// (.zst, .gz) plus SHA256SUMS and os_list.json; recorded in `<out>/.pi-image/build.json`.
+    /// (.zst, .gz) plus SHA256SUMS and os_list.json, or with --chunked a shared-chunk release;
+    /// recorded in `<out>/.pi-image/build.json`.
     #[command(
         after_help = "Example: build node pi3 into out/pi3.img\n  $ pi-image build --node pi3"
     )]
     Build(BuildArgs),
+    /// Write one node's raw image out of a shared-chunk release (`build --chunked`), checked.
+    #[command(
+        after_help = "Example: node w017's raw image out of the release in dist/\n  $ pi-image extract --release dist --node w017 -o w017.img"
+    )]
+    Extract(ExtractArgs),
     /// Download the profile's base image into the cache and verify it (once; later runs reuse it).
     #[command(
         after_help = "Example: download and verify the profile's base image\n  $ pi-image fetch --retries 5"
@@ -210,6 +216,7 @@ pub enum CacheCommand {
 
 /// `pi-image build`.
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("packed").args(["compress", "chunked"]).multiple(true)))]
 pub struct BuildArgs {
     /// The node to build (repeatable).
     #[arg(long, required_unless_present = "all")]
@@ -220,14 +227,24 @@ pub struct BuildArgs {
     /// With --all: build only nodes K, K+N, K+2N, ... of the profile (1-based), e.g. 2/4.
     #[arg(long, value_name = "K/N", conflicts_with = "node")]
     pub shard: Option<Shard>,
-    /// Write compressed release artifacts (xz, zstd or gz) instead of raw images.
+    /// Write compressed release artifacts (xz, zstd or gz) instead of raw images; with
+    /// --chunked, how the chunks are compressed [default there: xz].
     #[arg(long, value_name = "FORMAT")]
     pub compress: Option<Codec>,
+    /// Write a shared-chunk release instead: one chunk store (`chunks/`) and a small index per
+    /// node (`<node>.chunks.json`), for large clusters; read back with `extract` or
+    /// `flash --release`.
+    #[arg(long)]
+    pub chunked: bool,
+    /// With --chunked: also put each node's whole-image sha256 into its index (reads every
+    /// image in full, which costs about as much per node as the rest of the release).
+    #[arg(long, requires = "chunked")]
+    pub image_sha256: bool,
     /// Compression level [default: xz 6, zstd 19, gz 6].
-    #[arg(long, requires = "compress")]
+    #[arg(long, requires = "packed")]
     pub level: Option<u32>,
     /// Threads for compressing [default: the number of CPUs]; the output does not depend on it.
-    #[arg(long, value_name = "N", requires = "compress", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", requires = "packed", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
     /// The base image (.img or .img.xz); overrides the profile's `base`.
     #[arg(long)]
@@ -262,7 +279,8 @@ pub struct InspectArgs {
 #[derive(Args)]
 pub struct FlashArgs {
     /// DEVICE: write the image the last `build` into --out wrote (with --node NODE: that
-    /// node's). IMAGE DEVICE [DEVICE...]: write IMAGE (.img, .img.xz, .img.gz, .img.zst).
+    /// node's). IMAGE DEVICE [DEVICE...]: write IMAGE (.img, .img.xz, .img.gz, .img.zst, or a
+    /// release's <node>.chunks.json).
     #[arg(value_name = "[IMAGE] DEVICE")]
     pub args: Vec<PathBuf>,
     /// `--node NODE [DEVICE]`, as given.
@@ -272,8 +290,12 @@ pub struct FlashArgs {
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
     /// The base image for --node (.img or .img.xz); overrides the profile's `base`.
-    #[arg(long, requires = "node")]
+    #[arg(long, requires = "node", conflicts_with = "release")]
     pub base: Option<PathBuf>,
+    /// Take --node's image from this shared-chunk release (`build --chunked`) instead of
+    /// building it.
+    #[arg(long, value_name = "DIR", requires = "node")]
+    pub release: Option<PathBuf>,
     /// Write to regular files instead of block devices (image copies, tests).
     #[arg(long)]
     pub to_file: bool,
@@ -349,6 +371,20 @@ impl Args for NodeArgs {
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
         Self::augment_args(cmd)
     }
+}
+
+/// `pi-image extract`.
+#[derive(Args)]
+pub struct ExtractArgs {
+    /// The release directory (`build --chunked --out DIR`).
+    #[arg(long, value_name = "DIR")]
+    pub release: PathBuf,
+    /// The node whose image to write.
+    #[arg(long)]
+    pub node: String,
+    /// The raw image to write (sparse; renamed into place only when complete and checked).
+    #[arg(short, long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `pi-image verify`.

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let Cli { global, command } = Cli::parse();
     let result = match command {
         Command::Build(args) => commands::build(&global, args),
+        Command::Extract(args) => commands::extract(args),
         Command::Fetch(args) => commands::fetch(&global, args),
         Command::Cache { action } => commands::cache(&global, action),
         Command::Inspect(args) => commands::inspect(args),

@@ -304,9 +304,9 @@ fn every_subcommand_help_shows_an_example_that_parses() {
         );
         seen += 1;
     }
-    // Every command: build fetch cache (list clean) inspect nodes devices flash verify bmap
-    // eeprom preview completions man.
-    assert_eq!(seen, 15);
+    // Every command: build extract fetch cache (list clean) inspect nodes devices flash verify
+    // bmap eeprom preview completions man.
+    assert_eq!(seen, 16);
 }
 
 #[test]
@@ -400,10 +400,11 @@ fn man_pages_render_cleanly_with_examples_and_exit_statuses() {
         "pi-image-flash.1",
         "pi-image-cache-list.1",
         "pi-image-man.1",
+        "pi-image-extract.1",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
-    assert_eq!(names.len(), 16, "{names:?}");
+    assert_eq!(names.len(), 17, "{names:?}");
     for n in &names {
         assert_eq!(groff_warnings(&pages.join(n)), "", "{n}");
     }

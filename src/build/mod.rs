@@ -2,10 +2,12 @@
 //! rename it into place only when everything succeeded.
 //!
 //! [`base`] reads what every node shares from the base once (its raw bytes, partitions and
-//! release), [`node`] makes one node's image from it, and [`eeprom`] makes the bootloader EEPROM
-//! update files a node (or `pi-image eeprom`'s card) carries.
+//! release), [`node`] makes one node's image from it, [`delta`] makes the same image as a
+//! copy-on-write layer over the base (for releases of many nodes), and [`eeprom`] makes the
+//! bootloader EEPROM update files a node (or `pi-image eeprom`'s card) carries.
 
 mod base;
+pub mod delta;
 pub mod eeprom;
 mod node;
 pub mod overlay;
@@ -121,6 +123,9 @@ pub enum BuildError {
         /// Bytes free.
         free: u64,
     },
+    /// The root filesystem's allocation (for block maps) could not be read.
+    #[error("root filesystem allocation: {0}")]
+    RootAllocation(Box<crate::image::blockmap::BlockMapError>),
     /// Writing the root filesystem failed.
     #[error("node {node}: root filesystem: {source}")]
     RootFs {
@@ -215,6 +220,20 @@ pub fn build_nodes_with<E: From<BuildError>>(
     opts: &BuildOptions,
     each: &mut dyn FnMut(PendingImage) -> Result<(), E>,
 ) -> Result<(), E> {
+    let (inputs, base) = prepare(profile, nodes, opts)?;
+    for (node, inputs) in nodes.iter().zip(&inputs) {
+        each(node::build(profile, node, inputs, opts, &base)?)?;
+    }
+    Ok(())
+}
+
+/// Every node's inputs, loaded and checked before anything is built, and the base read once
+/// (into the output directory, created if needed).
+fn prepare(
+    profile: &Profile,
+    nodes: &[&Node],
+    opts: &BuildOptions,
+) -> Result<(Vec<node::NodeInputs>, BaseImage)> {
     let inputs = nodes
         .iter()
         .map(|node| node::NodeInputs::load(profile, node, opts.epoch))
@@ -222,15 +241,9 @@ pub fn build_nodes_with<E: From<BuildError>>(
     if !opts.base.is_file() {
         return Err(BuildError::BaseNotFound {
             base: opts.base.clone(),
-        }
-        .into());
+        });
     }
-    std::fs::create_dir_all(&opts.out_dir)
-        .at(&opts.out_dir)
-        .map_err(BuildError::from)?;
+    std::fs::create_dir_all(&opts.out_dir).at(&opts.out_dir)?;
     let base = BaseImage::prepare(&opts.base, &opts.out_dir)?;
-    for (node, inputs) in nodes.iter().zip(&inputs) {
-        each(node::build(profile, node, inputs, opts, &base)?)?;
-    }
-    Ok(())
+    Ok((inputs, base))
 }

@@ -1,9 +1,10 @@
-//! One node's image: a copy of the base (a reflink, or its data extents copied in the kernel), its plan's boot files, overlays and EEPROM files
-//! written into the FAT boot partition, its root filesystem files into the ext4 root, and its
-//! partition table given the node's identity.
+//! One node's image: a copy of the base (a reflink, or its data extents copied in the kernel),
+//! its plan's boot files, overlays and EEPROM files written into the FAT boot partition, its
+//! root filesystem files into the ext4 root, and its partition table given the node's identity.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::path::Path;
 
 use super::Result;
 use super::base::BaseImage;
@@ -11,6 +12,7 @@ use super::eeprom::{self, UpdateFiles};
 use super::overlay::{self, NodeOverlays, OverlayEntry, OverlayKind};
 use super::{BuildError, BuildOptions, PendingImage};
 use crate::image::bootfs::{BootFs, FatTimestamp};
+use crate::image::cow::ImageFile;
 use crate::image::ext4::{self, Attrs, Ext4Fs, Need};
 use crate::image::partition::{self, PartitionTable};
 use crate::image::partview::PartitionView;
@@ -59,7 +61,42 @@ pub(super) fn build(
     opts: &BuildOptions,
     base: &BaseImage,
 ) -> Result<PendingImage> {
-    let node_plan: NodePlan = plan::plan_node(
+    let node_plan = plan(profile, node, inputs, base)?;
+    let target = opts.out_dir.join(format!("{}.img", node.name));
+    let mut out = PendingOutput::create(&target)?;
+    let temp = out.temp_path().to_owned();
+    let src = File::open(base.raw_path()).at(base.raw_path())?;
+    let (size, _) = image::copy_file(&src, out.file(), &base.data).at(&temp)?;
+
+    let boot = &base.boot;
+    let fs = BootFs::open(
+        PartitionView::new(out.file().try_clone().at(&temp)?, boot.start, boot.len).at(&temp)?,
+        FatTimestamp::from_unix(opts.epoch),
+    )?;
+    write_boot(fs, &node_plan, inputs)?;
+    if has_rootfs_edits(inputs, &node_plan) {
+        edit_rootfs(&temp, base, node, inputs, &node_plan, opts.epoch)?;
+    }
+    let size = write_partition_table(out.file(), &temp, profile, node, &node_plan, size)?;
+
+    Ok(PendingImage {
+        node: node.name.clone(),
+        output: out,
+        size,
+        target: node.target,
+        release: base.release,
+    })
+}
+
+/// The node's plan: its boot files, root filesystem files and disk id, from the base's stock
+/// files; its boot overlays may not replace a file the plan generates.
+pub(super) fn plan(
+    profile: &Profile,
+    node: &Node,
+    inputs: &NodeInputs,
+    base: &BaseImage,
+) -> Result<NodePlan> {
+    let node_plan = plan::plan_node(
         &profile.cluster,
         node,
         base.release,
@@ -77,17 +114,16 @@ pub(super) fn build(
         .chain(node_plan.decompress_kernel.then_some("vmlinux"))
         .chain(inputs.eeprom.iter().flat_map(|_| eeprom::UPDATE_FILES));
     overlay::check_not_generated(&inputs.overlays.boot, generated)?;
-    let target = opts.out_dir.join(format!("{}.img", node.name));
-    let mut out = PendingOutput::create(&target)?;
-    let temp = out.temp_path().to_owned();
-    let src = File::open(base.raw_path()).at(base.raw_path())?;
-    let (size, _) = image::copy_file(&src, out.file(), &base.data).at(&temp)?;
+    Ok(node_plan)
+}
 
-    let (boot, root) = (&base.boot, &base.root);
-    let mut fs = BootFs::open(
-        PartitionView::new(out.file().try_clone().at(&temp)?, boot.start, boot.len).at(&temp)?,
-        FatTimestamp::from_unix(opts.epoch),
-    )?;
+/// Write the plan's boot files, `vmlinux`, the boot overlays and the EEPROM files into the
+/// node's FAT boot partition `fs`, and unmount it.
+pub(super) fn write_boot<F: Read + Write + Seek>(
+    mut fs: BootFs<F>,
+    node_plan: &NodePlan,
+    inputs: &NodeInputs,
+) -> Result<()> {
     for (path, content) in &node_plan.boot_files {
         fs.write_bytes(path, content.as_bytes())?;
     }
@@ -109,48 +145,69 @@ pub(super) fn build(
         eeprom::write_to(&fs, files)?;
     }
     fs.unmount()?;
+    Ok(())
+}
 
-    if !inputs.overlays.rootfs.is_empty() || !node_plan.rootfs_files.is_empty() {
-        let mut rootfs = Ext4Fs::open_as(&temp, &base.name, root.start, root.len, true)?;
-        apply_rootfs(
-            &mut rootfs,
-            &inputs.overlays.rootfs,
-            &node_plan.rootfs_files,
-            opts.epoch,
-        )
-        .map_err(|e| match e {
-            RootFsError::Ext4(source) => BuildError::RootFs {
-                node: node.name.clone(),
-                source: Box::new(source),
-            },
-            RootFsError::NoSpace { need, free } => BuildError::NoSpace {
-                node: node.name.clone(),
-                need,
-                free,
-            },
-            RootFsError::Io(e) => BuildError::Io(e),
-        })?;
-        rootfs.close()?;
-    }
-    let size = match node.partition_table {
+/// Whether the node writes anything into the root filesystem.
+pub(super) fn has_rootfs_edits(inputs: &NodeInputs, node_plan: &NodePlan) -> bool {
+    !inputs.overlays.rootfs.is_empty() || !node_plan.rootfs_files.is_empty()
+}
+
+/// Write the node's rootfs overlays and the plan's root filesystem files into the ext4 root of
+/// the image file at `image` (a copy of the base).
+pub(super) fn edit_rootfs(
+    image: &Path,
+    base: &BaseImage,
+    node: &Node,
+    inputs: &NodeInputs,
+    node_plan: &NodePlan,
+    epoch: i64,
+) -> Result<()> {
+    let root = &base.root;
+    let mut rootfs = Ext4Fs::open_as(image, &base.name, root.start, root.len, true)?;
+    apply_rootfs(
+        &mut rootfs,
+        &inputs.overlays.rootfs,
+        &node_plan.rootfs_files,
+        epoch,
+    )
+    .map_err(|e| match e {
+        RootFsError::Ext4(source) => BuildError::RootFs {
+            node: node.name.clone(),
+            source: Box::new(source),
+        },
+        RootFsError::NoSpace { need, free } => BuildError::NoSpace {
+            node: node.name.clone(),
+            need,
+            free,
+        },
+        RootFsError::Io(e) => BuildError::Io(e),
+    })?;
+    rootfs.close()?;
+    Ok(())
+}
+
+/// Give the image of `size` bytes in `image` (named `path` in errors) the node's identity: its
+/// MBR disk id, or a GPT with its GUIDs. Returns the image's new size (a GPT adds its backup).
+pub(super) fn write_partition_table(
+    image: &mut impl ImageFile,
+    path: &Path,
+    profile: &Profile,
+    node: &Node,
+    node_plan: &NodePlan,
+    size: u64,
+) -> Result<u64> {
+    Ok(match node.partition_table {
         PartitionScheme::Mbr => {
-            partition::set_mbr_disk_id(out.file(), &temp, node_plan.disk_id)?;
+            partition::set_mbr_disk_id(image, path, node_plan.disk_id)?;
             size
         }
         PartitionScheme::Gpt => {
-            let table = PartitionTable::read(&temp)?;
+            let table = PartitionTable::read_from(image, path)?;
             let guid = |n| plan::gpt_partition_guid(&profile.cluster, &node.name, n);
             let disk = plan::gpt_disk_guid(&profile.cluster, &node.name);
-            partition::convert_to_gpt(out.file(), &temp, &table, disk, &guid)?
+            partition::convert_to_gpt(image, path, &table, disk, &guid)?
         }
-    };
-
-    Ok(PendingImage {
-        node: node.name.clone(),
-        output: out,
-        size,
-        target: node.target,
-        release: base.release,
     })
 }
 

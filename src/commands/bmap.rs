@@ -1,5 +1,6 @@
 //! `pi-image bmap`: write a raw image's block map in bmaptool's format.
 
+use std::fs::File;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -8,6 +9,7 @@ use crate::cli::BmapArgs;
 use crate::image::PendingOutput;
 use crate::image::blockmap::BlockMap;
 use crate::image::bmap;
+use crate::io::AtPath;
 
 /// Write `IMAGE.bmap` (or `--out`).
 pub fn bmap(args: BmapArgs) -> anyhow::Result<()> {
@@ -19,7 +21,8 @@ pub fn bmap(args: BmapArgs) -> anyhow::Result<()> {
     });
     let map = BlockMap::of_image(&image)?;
     let mut pending = PendingOutput::create(&out)?;
-    bmap::write(&map, &image, pending.file())
+    let mut file = File::open(&image).at(&image)?;
+    bmap::write(&map, &mut file, &image, pending.file())
         .with_context(|| format!("writing {}", out.display()))?;
     pending.commit()?;
     println!(

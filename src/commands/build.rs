@@ -1,5 +1,5 @@
-//! `pi-image build`: node images, or with `--compress` release artifacts; either way recorded
-//! in the output directory's build record.
+//! `pi-image build`: node images, or with `--compress` release artifacts, or with `--chunked` a
+//! shared-chunk release; each recorded in the output directory's build record.
 
 use std::path::Path;
 
@@ -8,8 +8,11 @@ use serde::Serialize;
 use crate::base::BaseImage;
 use crate::base::cache::Cache;
 use crate::cli::{BuildArgs, Global};
-use crate::dist::chunks::{ChunkStore, Compression};
+use crate::dist::chunks::{ChunkStore, Codec, Compression};
+use crate::dist::nodeindex::CHUNKS_DIR;
+use crate::dist::shared::{self, SharedNode, SharedOptions};
 use crate::dist::{self, Artifact};
+use crate::outdir::record::CHUNKED;
 use crate::outdir::{self, OutDir, Recorder};
 
 /// Build the nodes asked for into `--out`, and record them as the last build there.
@@ -27,8 +30,12 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
             .map(|name| super::find_node(&profile, name))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let compression = args
-        .compress
+    // --chunked compresses its chunks too, with xz unless --compress says otherwise.
+    let codec = match args.chunked {
+        true => Some(args.compress.unwrap_or(Codec::Xz)),
+        false => args.compress,
+    };
+    let compression = codec
         .map(|c| Compression::new(c, args.level).map_err(|e| anyhow::anyhow!("--level: {e}")))
         .transpose()?;
     let req = super::request(&profile, args.base, global, &args.fetch)?;
@@ -40,6 +47,7 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
             return super::print_json(&BuildJson {
                 out_dir: out.path(),
                 compress: None,
+                chunked: false,
                 images: images
                     .iter()
                     .map(|i| BuiltJson {
@@ -71,22 +79,77 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let mut base_image = BaseImage::resolve(&req.base, req.cache_dir, &req.fetch)?;
+    let base_image = BaseImage::resolve(&req.base, req.cache_dir, &req.fetch)?;
     let mut recorder = Recorder::new(&out, &req, &base_image)?;
     let opts = crate::build::BuildOptions {
         base: base_image.path().to_owned(),
         out_dir: args.out.clone(),
         epoch: req.epoch,
     };
-    // The chunk store is part of the cache: its lock is held while chunks are written.
-    let cache = Cache::open_or_default(global.cache_dir())?;
-    base_image.hold_cache_lock(&cache)?;
-    let store = ChunkStore::open(cache.dir(), compression)?;
     let jobs = match args.jobs {
         Some(j) => j as usize,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let json = args.output.json;
+    if args.chunked {
+        let shared = SharedOptions {
+            compression,
+            jobs,
+            image_sha256: args.image_sha256,
+        };
+        let written = shared::build_shared_release(&profile, &nodes, &opts, &shared, &mut |n| {
+            if !json {
+                print_shared(n);
+            }
+        })?;
+        // Recorded like any build: the record names each node's index (what `flash DEVICE`
+        // then writes, from the release), with the index file's sha256.
+        for (node, n) in nodes.iter().zip(&written) {
+            recorder.add(
+                node,
+                &n.index,
+                CHUNKED,
+                &n.index_sha256,
+                &n.release.to_string(),
+            )?;
+        }
+        recorder.finish(true)?;
+        let sums = opts.out_dir.join(dist::SHA256SUMS);
+        if json {
+            return super::print_json(&BuildJson {
+                out_dir: out.path(),
+                compress: Some(compression.codec.name()),
+                chunked: true,
+                images: written
+                    .iter()
+                    .map(|n| BuiltJson {
+                        node: &n.node,
+                        path: &n.index,
+                        size: n.index_size,
+                        sha256: &n.index_sha256,
+                        raw_size: Some(n.image_size),
+                        raw_sha256: n.image_sha256.as_deref(),
+                        target: n.target.to_string(),
+                        release: n.release.to_string(),
+                    })
+                    .collect(),
+                sha256sums: Some(&sums),
+                os_list: None,
+            });
+        }
+        println!(
+            "{} updated: {} nodes, chunks in {}",
+            sums.display(),
+            written.len(),
+            opts.out_dir.join(CHUNKS_DIR).display()
+        );
+        return Ok(());
+    }
+    // The chunk store is part of the cache: its lock is held while chunks are written.
+    let mut base_image = base_image;
+    let cache = Cache::open_or_default(global.cache_dir())?;
+    base_image.hold_cache_lock(&cache)?;
+    let store = ChunkStore::open(cache.dir(), compression)?;
     let artifacts = dist::build_artifacts(&profile, &nodes, &opts, &store, jobs, &mut |a| {
         if !json {
             print_artifact(a);
@@ -109,6 +172,7 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
         return super::print_json(&BuildJson {
             out_dir: out.path(),
             compress: Some(compression.codec.name()),
+            chunked: false,
             images: artifacts
                 .iter()
                 .map(|a| BuiltJson {
@@ -135,6 +199,7 @@ pub fn build(global: &Global, args: BuildArgs) -> anyhow::Result<()> {
 struct BuildJson<'a> {
     out_dir: &'a Path,
     compress: Option<&'a str>,
+    chunked: bool,
     images: Vec<BuiltJson<'a>>,
     sha256sums: Option<&'a Path>,
     os_list: Option<&'a Path>,
@@ -151,6 +216,23 @@ struct BuiltJson<'a> {
     raw_sha256: Option<&'a str>,
     target: String,
     release: String,
+}
+
+/// One line per node as its index is written.
+fn print_shared(n: &SharedNode) {
+    println!(
+        "{:<8} {}  {} MiB  chunks {}: {} new ({:.1} KiB)  {}{:.2} s",
+        n.node,
+        n.index.display(),
+        n.image_size >> 20,
+        n.chunks,
+        n.new_chunks,
+        n.new_bytes as f64 / 1024.0,
+        n.image_sha256
+            .as_ref()
+            .map_or(String::new(), |s| format!("sha256 {s}  ")),
+        n.elapsed.as_secs_f64()
+    );
 }
 
 /// One line per node as its artifact is done.

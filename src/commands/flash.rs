@@ -8,8 +8,13 @@ use anyhow::bail;
 use serde::Serialize;
 
 use crate::cli::{FlashArgs, Global, VerifyArgs};
+use crate::dist::nodeindex::INDEX_SUFFIX;
+use crate::dist::reader::ReleaseImage;
 use crate::flash::devices::{self, SysRoot};
-use crate::flash::{self, About, FlashError, FlashOptions, Job, NodeFacts, Source, Target};
+use crate::flash::{
+    self, About, FlashError, FlashOptions, Job, NodeFacts, Source, Streamed, Target,
+};
+use crate::io::tempfiles::parent_dir;
 use crate::outdir::{self, LastBuilt, NodeImage, OutDir};
 
 /// What `flash` was asked to write, by the form of its arguments.
@@ -21,10 +26,23 @@ enum Form {
     Nodes(Vec<(String, Vec<PathBuf>)>),
     /// `flash IMAGE DEVICE...`.
     Image(PathBuf, Vec<PathBuf>),
+    /// `flash --release DIR` with either `--node` form: each node's image in the shared-chunk
+    /// release in DIR to its devices.
+    Release(PathBuf, Vec<(String, Vec<PathBuf>)>),
 }
 
 impl Form {
     fn of(args: &FlashArgs) -> anyhow::Result<Form> {
+        match (Form::of_paths(args)?, &args.release) {
+            (Form::Nodes(wanted), Some(dir)) => Ok(Form::Release(dir.clone(), wanted)),
+            // clap lets --release through only with --node, which makes one of the Nodes forms.
+            (_, Some(_)) => bail!("flash: --release DIR takes --node NODE DEVICE"),
+            (form, None) => Ok(form),
+        }
+    }
+
+    /// The form by the positional arguments and `--node` alone.
+    fn of_paths(args: &FlashArgs) -> anyhow::Result<Form> {
         let given = &args.args;
         match args.node.groups.as_slice() {
             [] => match given.as_slice() {
@@ -75,13 +93,15 @@ fn is_block_device(path: &Path) -> bool {
 
 /// Write images to disks (or files), each target checked before anything is written.
 pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
-    // Holds the output directory's lock (shared while flashing) until the images are written.
+    // Holds the output (or release) directory's lock, shared while flashing, until the images
+    // are written.
     let mut _held: Option<OutDir> = None;
-    let mut pairs: Vec<(PathBuf, Vec<PathBuf>, About)> = Vec::new();
+    let mut pairs: Vec<(Source, Vec<PathBuf>, About)> = Vec::new();
     match Form::of(&args)? {
         Form::Image(image, devices) => {
-            let about = outdir::recorded_image(&image).map_or_else(About::default, |i| about(&i));
-            pairs.push((image, devices, about));
+            let source = open_source(&image)?;
+            let about = about_source(&source);
+            pairs.push((source, devices, about));
         }
         Form::LastBuild(device) => {
             let out = _held.insert(OutDir::for_reading(&args.out)?);
@@ -128,7 +148,10 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
                         .unwrap_or_default()
                 ),
             };
-            pairs.push((image.path.clone(), vec![device], about(&image)));
+            // A `build --chunked` record names the node's index: Source reads it from the release.
+            let source = open_source(&image.path)?;
+            let about = about_source(&source);
+            pairs.push((source, vec![device], about));
         }
         Form::Nodes(wanted) => {
             let profile = super::load_profile(&global.profile)?;
@@ -144,7 +167,16 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
             out.share()?;
             _held = Some(out);
             for (image, (_, devices)) in images.iter().zip(wanted) {
-                pairs.push((image.path.clone(), devices, about(image)));
+                pairs.push((Source::open(&image.path)?, devices, about(image)));
+            }
+        }
+        Form::Release(dir, wanted) => {
+            // A build into the release directory waits until the images are written.
+            _held = Some(OutDir::for_reading(&dir)?);
+            for (node, devices) in wanted {
+                let source = release_source(ReleaseImage::open(&dir, &node)?);
+                let about = about_source(&source);
+                pairs.push((source, devices, about));
             }
         }
     }
@@ -159,8 +191,8 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
     let root = SysRoot::new(args.sys.sys_root);
     let mut jobs = Vec::new();
     let mut abouts = Vec::new();
-    for (image, devs, about) in pairs {
-        let mut source = Source::open(&image)?;
+    for (mut source, devs, about) in pairs {
+        let image = source.path.clone();
         if let (Some(map), Some(bmap)) = (&source.map, &source.bmap_path) {
             let total = map.ranges.len();
             let unchecked = map.checksums.as_ref().map_or(total, |c| c.missing());
@@ -172,10 +204,16 @@ pub fn flash(global: &Global, args: FlashArgs) -> anyhow::Result<()> {
             }
         }
         if source.map.is_none() && !args.to_file {
-            eprintln!(
-                "pi-image: no .bmap beside {}: reading it once to learn its size, then writing every block (`pi-image bmap` on the raw image avoids both)",
-                image.display()
-            );
+            match source.streamed {
+                Some(_) => eprintln!(
+                    "pi-image: {} has no block map: writing every block of the image",
+                    image.display()
+                ),
+                None => eprintln!(
+                    "pi-image: no .bmap beside {}: reading it once to learn its size, then writing every block (`pi-image bmap` on the raw image avoids both)",
+                    image.display()
+                ),
+            }
         }
         let size = if args.to_file {
             source.size.unwrap_or(0)
@@ -256,6 +294,58 @@ fn about(image: &NodeImage) -> About {
     }
 }
 
+/// What the prompt says about `source`: what `build` recorded about the file, if anything; for
+/// a node's image in a release the image's sha256 from its index, when it has one (the record
+/// has the index file's).
+fn about_source(source: &Source) -> About {
+    let recorded = outdir::recorded_image(&source.path).map_or_else(About::default, |i| about(&i));
+    match &source.streamed {
+        Some(image) => About {
+            node: recorded.node,
+            sha256: image.sha256().map(str::to_string),
+        },
+        None => recorded,
+    }
+}
+
+/// The image at `path`: a `<node>.chunks.json` is that node's image in the shared-chunk release
+/// the index is in; anything else an image file ([`Source::open`]).
+fn open_source(path: &Path) -> anyhow::Result<Source> {
+    let node = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(INDEX_SUFFIX));
+    Ok(match node {
+        Some(node) => release_source(ReleaseImage::open(&parent_dir(path), node)?),
+        None => Source::open(path)?,
+    })
+}
+
+/// A node's image in a shared-chunk release as a source, named by its index: its size from the
+/// index, its bytes read from its chunks, each checked before it is passed on.
+fn release_source(image: ReleaseImage) -> Source {
+    let path = image.index_path().to_owned();
+    Source::streamed(&path, std::sync::Arc::new(FromRelease(image)))
+}
+
+/// A release image as flash reads a [`Streamed`] image.
+#[derive(Debug)]
+struct FromRelease(ReleaseImage);
+
+impl Streamed for FromRelease {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn sha256(&self) -> Option<&str> {
+        self.0.index().image_sha256.as_deref()
+    }
+
+    fn reader(&self) -> Box<dyn std::io::Read + Send> {
+        Box::new(self.0.reader())
+    }
+}
+
 /// `flash --json`.
 #[derive(Serialize)]
 struct FlashJson<'a> {
@@ -289,7 +379,7 @@ struct VerifyJson<'a> {
 /// Check that a disk (or file) holds an image, without writing. A difference is returned as
 /// [`super::Differs`] (exit status 3).
 pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let source = Source::open(&args.image)?;
+    let source = open_source(&args.image)?;
     let result = flash::verify(&source, &args.device, true);
     let difference = match &result {
         Err(FlashError::Mismatch { offset, .. }) => Some(*offset),

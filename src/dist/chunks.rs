@@ -1,6 +1,7 @@
 //! Chunked compression of disk images, with a cache of compressed chunks.
 //!
-//! The raw image is cut into [`CHUNK_SIZE`] pieces, each compressed on its own: an xz stream, a
+//! The raw image is cut into pieces of at most [`CHUNK_SIZE`] ([`layout`](super::layout)), each
+//! compressed on its own: an xz stream, a
 //! zstd frame or a gzip member. Concatenated, they form one valid `.xz`/`.zst`/`.gz` file that
 //! `xz -d`, `zstd -d`, `gzip -d` and Raspberry Pi Imager read as a whole. Each compressed chunk is
 //! kept in a [`ChunkStore`] keyed by the sha256 of its raw bytes, so nodes built from the same base
@@ -27,9 +28,11 @@ use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
+use super::layout::{Cell, sha256_range};
 use crate::base::cache::Cleaned;
-use crate::image::{Format, ImageError, PendingOutput};
-use crate::io::{AtPath, FileRange, PathError, hex, sha256_hex, tempfiles};
+use crate::image::cow::CowImage;
+use crate::image::{ImageError, PendingOutput};
+use crate::io::{AtPath, PathError, hex, tempfiles};
 
 /// Raw bytes per chunk: 32 MiB. Four times xz -6's 8 MiB dictionary, so a chunk boundary costs
 /// little ratio (the size grows well under 2 % against one stream), while a node's few edits
@@ -91,6 +94,15 @@ impl Codec {
             Codec::Xz => "xz",
             Codec::Zstd => "zst",
             Codec::Gzip => "gz",
+        }
+    }
+
+    /// The stream format its chunks are read back as.
+    pub fn format(self) -> crate::image::Format {
+        match self {
+            Codec::Xz => crate::image::Format::Xz,
+            Codec::Zstd => crate::image::Format::Zstd,
+            Codec::Gzip => crate::image::Format::Gzip,
         }
     }
 
@@ -203,16 +215,26 @@ impl Compression {
     }
 }
 
-/// Compressed chunks on disk: `<cache>/chunks/<codec>-<level>/<sha256 of the raw chunk>.<ext>`.
-/// Each file is written to a temp file, fsynced and renamed, so a chunk under its final name is
-/// always complete; two runs writing the same chunk write the same bytes.
+/// Compressed chunks on disk: `<cache>/chunks/<codec>-<level>/<sha256 of the raw chunk>.<ext>`,
+/// or a shared-chunk release's `chunks/` ([`ChunkStore::in_dir`]). Each file is written to a
+/// temp file, fsynced and renamed, so a chunk under its final name is always complete; two runs
+/// writing the same chunk write the same bytes.
 #[derive(Debug)]
 pub struct ChunkStore {
     dir: PathBuf,
     compression: Compression,
-    /// Chunks this run compressed or checked: raw sha256 (the key) → sha256 of the compressed
-    /// file as it was then.
-    trusted: Mutex<HashMap<String, String>>,
+    /// Chunks this run compressed or checked: raw sha256 (the key) → the compressed file as it
+    /// was then.
+    trusted: Mutex<HashMap<String, StoredChunk>>,
+}
+
+/// A chunk file as this run compressed or checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its sha256, hex.
+    pub sha256: String,
 }
 
 impl ChunkStore {
@@ -223,10 +245,15 @@ impl ChunkStore {
             compression.codec.name(),
             compression.level
         ));
-        fs::create_dir_all(&dir).at(&dir)?;
-        tempfiles::sweep_stale(&dir).at(&dir)?;
+        Self::in_dir(&dir, compression)
+    }
+
+    /// A store in `dir` itself (created if needed), e.g. a shared-chunk release's `chunks/`.
+    pub fn in_dir(dir: &Path, compression: Compression) -> Result<ChunkStore, ChunkError> {
+        fs::create_dir_all(dir).at(dir)?;
+        tempfiles::sweep_stale(dir).at(dir)?;
         Ok(ChunkStore {
-            dir,
+            dir: dir.to_owned(),
             compression,
             trusted: Mutex::new(HashMap::new()),
         })
@@ -272,17 +299,18 @@ impl ChunkStore {
         Ok(())
     }
 
-    fn path(&self, key: &str) -> PathBuf {
+    /// Where the chunk whose raw bytes have the sha256 `key` is kept.
+    pub fn path(&self, key: &str) -> PathBuf {
         self.dir
             .join(format!("{key}.{}", self.compression.codec.extension()))
     }
 
-    fn trusted(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn trusted(&self) -> std::sync::MutexGuard<'_, HashMap<String, StoredChunk>> {
         self.trusted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The compressed sha256 of chunk `key` if this run compressed or checked it.
-    fn trusted_sha(&self, key: &str) -> Option<String> {
+    /// The chunk file of `key` as this run compressed or checked it, if it did.
+    pub fn stored(&self, key: &str) -> Option<StoredChunk> {
         self.trusted().get(key).cloned()
     }
 
@@ -301,14 +329,13 @@ impl ChunkStore {
         if compressed.len() as u64 > limit {
             return Ok(false);
         }
-        let format = match self.compression.codec {
-            Codec::Xz => Format::Xz,
-            Codec::Zstd => Format::Zstd,
-            Codec::Gzip => Format::Gzip,
+        let stored = StoredChunk {
+            len: compressed.len() as u64,
+            sha256: hex(&Sha256::digest(&compressed)),
         };
-        let compressed_sha = hex(&Sha256::digest(&compressed));
-        let mut decoded =
-            crate::image::decoder(format, io::Cursor::new(compressed)).take(raw_len + 1);
+        let decoded =
+            crate::image::decoder(self.compression.codec.format(), io::Cursor::new(compressed));
+        let mut decoded = decoded.take(raw_len + 1);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; BUF];
         let mut len = 0u64;
@@ -325,7 +352,7 @@ impl ChunkStore {
         if len != raw_len || hex(&hasher.finalize()) != key {
             return Ok(false);
         }
-        self.trusted().insert(key.to_string(), compressed_sha);
+        self.trusted().insert(key.to_string(), stored);
         Ok(true)
     }
 }
@@ -345,66 +372,104 @@ pub struct Compressed {
     pub raw_sha256: String,
     /// How many chunks the image has.
     pub chunks: usize,
-    /// How many distinct chunks had to be compressed now.
+    /// Distinct chunks compressed now.
     pub compressed: usize,
-    /// How many chunks were taken from the store as they were (compressed by an earlier node or run).
+    /// Chunks (positions) taken from the store as it was.
     pub reused: usize,
 }
 
-/// Compress the raw image `raw` for `out` with the chunks of `store`, compressing missing chunks
-/// on `jobs` threads. The file is left in its temp file beside `out`: commit it to publish it.
+/// Compress `image` (named `name` in errors), cut into `cells` whose raw sha256 are `keys`, for
+/// `out` with the chunks of `store`, compressing missing chunks on `jobs` threads while one more
+/// thread hashes the whole image. The file is left in its temp file beside `out`: commit it to
+/// publish it.
 pub fn compress_image(
-    raw: &Path,
+    image: &CowImage,
+    name: &Path,
+    cells: &[Cell],
+    keys: &[String],
     out: &Path,
     store: &ChunkStore,
     jobs: usize,
 ) -> Result<(Compressed, PendingOutput), ChunkError> {
-    let jobs = jobs.max(1);
-    let file = File::open(raw).at(raw)?;
-    let raw_size = file.metadata().at(raw)?.len();
-    // An empty image still gets one (empty) chunk, so the output is a valid compressed file.
-    let chunks: Vec<(u64, u64)> = if raw_size == 0 {
-        vec![(0, 0)]
-    } else {
-        (0..raw_size.div_ceil(CHUNK_SIZE))
-            .map(|i| {
-                let start = i * CHUNK_SIZE;
-                (start, CHUNK_SIZE.min(raw_size - start))
-            })
-            .collect()
+    let (raw_sha256, stored) = std::thread::scope(|s| {
+        let whole = s.spawn(|| sha256_range(image, 0, image.len()));
+        let stored = store_cells(image, name, cells, keys, store, jobs);
+        let whole = whole
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
+        (whole, stored)
+    });
+    let raw_sha256 = raw_sha256.at(name)?;
+    let Stored {
+        compressed, reused, ..
+    } = stored?;
+    let (pending, size, sha256) = assemble(keys, store, out)?;
+    let done = Compressed {
+        path: out.to_owned(),
+        size,
+        sha256,
+        raw_size: image.len(),
+        raw_sha256,
+        chunks: cells.len(),
+        compressed,
+        reused,
     };
-    let (raw_sha256, keys) = hash_chunks(&file, raw, raw_size, &chunks, jobs)?;
+    Ok((done, pending))
+}
 
-    // Each key once, at its first chunk: stored chunks not yet checked in this run are checked
-    // (a bad one is compressed again), missing ones compressed, on `jobs` threads.
-    let mut work: Vec<(usize, &str)> = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        if !work.iter().any(|(_, k)| k == key) {
-            work.push((i, key));
-        }
-    }
+/// How [`store_cells`] got the chunks into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Distinct chunks compressed now (missing, or not what their name says).
+    pub compressed: usize,
+    /// Their compressed bytes.
+    pub bytes: u64,
+    /// Chunks (positions) taken from the store as it was.
+    pub reused: usize,
+}
+
+/// Make sure `store` holds the chunk of each of `cells` of `image`, whose raw sha256 are
+/// `keys`, and that this run trusts it ([`ChunkStore::stored`]): each distinct key once, on
+/// `jobs` threads, a stored chunk not yet checked in this run is checked (a bad one is
+/// compressed again, with a warning), a missing one compressed.
+pub fn store_cells(
+    image: &CowImage,
+    name: &Path,
+    cells: &[Cell],
+    keys: &[String],
+    store: &ChunkStore,
+    jobs: usize,
+) -> Result<Stored, ChunkError> {
+    let mut seen = HashSet::new();
+    let work: Vec<(usize, &str)> = keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| seen.insert(k.as_str()))
+        .map(|(i, k)| (i, k.as_str()))
+        .collect();
     let stored: HashSet<&str> = work
         .iter()
         .map(|&(_, k)| k)
         .filter(|k| store.path(k).is_file())
         .collect();
     let compressed: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
-    run_parallel(&work, jobs, raw, |i, key| {
-        let (start, len) = chunks[i];
-        if store.trusted_sha(key).is_some() {
+    run_parallel(&work, jobs.max(1), name, |i, key| {
+        let c = cells[i];
+        if store.stored(key).is_some() {
             return Ok(());
         }
         let chunk = store.path(key);
         if chunk.is_file() {
-            if store.check(key, len)? {
+            if store.check(key, c.len)? {
                 return Ok(());
             }
             eprintln!(
-                "pi-image: warning: {}: does not decompress to the {len} bytes whose sha256 it is named by (corrupt or replaced); compressing it again",
-                chunk.display()
+                "pi-image: warning: {}: does not decompress to the {} bytes whose sha256 it is named by (corrupt or replaced); compressing it again",
+                chunk.display(),
+                c.len
             );
         }
-        compress_chunk(&file, raw, start, len, store, key)?;
+        compress_chunk(image, name, c.offset, c.len, store, key)?;
         compressed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -414,80 +479,20 @@ pub fn compress_image(
     let compressed = compressed
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
-    // Positions whose chunk came from the store as it was.
     let reused = keys
         .iter()
         .filter(|k| stored.contains(k.as_str()) && !compressed.contains(*k))
         .count();
-
-    let (pending, size, sha256) = assemble(&keys, store, out)?;
-    let done = Compressed {
-        path: out.to_owned(),
-        size,
-        sha256,
-        raw_size,
-        raw_sha256,
-        chunks: chunks.len(),
+    let bytes = compressed
+        .iter()
+        .filter_map(|k| store.stored(k))
+        .map(|s| s.len)
+        .sum();
+    Ok(Stored {
         compressed: compressed.len(),
+        bytes,
         reused,
-    };
-    Ok((done, pending))
-}
-
-/// The sha256 of the whole image and of each chunk. One thread hashes the whole image while the
-/// others hash chunks, all reading the file independently (it is in the page cache, just built).
-fn hash_chunks(
-    file: &File,
-    path: &Path,
-    size: u64,
-    chunks: &[(u64, u64)],
-    jobs: usize,
-) -> Result<(String, Vec<String>), ChunkError> {
-    let next = AtomicUsize::new(0);
-    let keys: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; chunks.len()]);
-    let failed = AtomicBool::new(false);
-    let chunk_workers = jobs.saturating_sub(1).max(1);
-    let whole = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..chunk_workers)
-            .map(|_| {
-                s.spawn(|| -> io::Result<()> {
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(start, len)) = chunks.get(i) else {
-                            return Ok(());
-                        };
-                        let key = sha256_hex(&mut FileRange::new(file, start, len)).inspect_err(
-                            |_| {
-                                failed.store(true, Ordering::Relaxed);
-                            },
-                        )?;
-                        if let Ok(mut k) = keys.lock() {
-                            k[i] = Some(key);
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        let whole = sha256_hex(&mut FileRange::new(file, 0, size));
-        if whole.is_err() {
-            failed.store(true, Ordering::Relaxed);
-        }
-        for w in workers {
-            w.join()
-                .unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked")))?;
-        }
-        whole
     })
-    .at(path)?;
-    let keys = keys
-        .into_inner()
-        .map_err(|_| PathError::new(path, io::Error::other("a hashing thread panicked")))?;
-    let keys = keys
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| PathError::new(path, io::Error::other("a chunk was not hashed")))?;
-    Ok((whole, keys))
 }
 
 /// Run `each` on every (index, key) of `work` on `jobs` threads, stopping at the first error.
@@ -524,8 +529,8 @@ fn run_parallel(
 }
 
 fn compress_chunk(
-    file: &File,
-    path: &Path,
+    image: &CowImage,
+    name: &Path,
     start: u64,
     len: u64,
     store: &ChunkStore,
@@ -533,40 +538,46 @@ fn compress_chunk(
 ) -> Result<(), ChunkError> {
     let mut out = PendingOutput::create(&store.path(key))?;
     let temp = out.temp_path().to_owned();
-    let mut src = BufReader::with_capacity(BUF, FileRange::new(file, start, len));
-    let compressed_sha = {
+    let mut src = BufReader::with_capacity(BUF, image.range(start, len));
+    let stored = {
         let mut dst = HashingWriter {
             inner: BufWriter::with_capacity(BUF, out.file()),
             hasher: Sha256::new(),
+            len: 0,
         };
         store
             .compression
             .encode(&mut src, len, &mut dst)
             .and_then(|()| dst.inner.flush())
             .map_err(|source| ChunkError::Compress {
-                image: path.to_owned(),
+                image: name.to_owned(),
                 start,
                 end: start + len,
                 chunk: temp,
                 source,
             })?;
-        hex(&dst.hasher.finalize())
+        StoredChunk {
+            len: dst.len,
+            sha256: hex(&dst.hasher.finalize()),
+        }
     };
     out.commit()?;
-    store.trusted().insert(key.to_string(), compressed_sha);
+    store.trusted().insert(key.to_string(), stored);
     Ok(())
 }
 
-/// A writer that hashes what passes through it.
+/// A writer that hashes and counts what passes through it.
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
+    len: u64,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.len += n as u64;
         Ok(n)
     }
 
@@ -575,8 +586,8 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Concatenate the chunks named by `keys` into a temp file for `out`; returns it, its size and
-/// its sha256.
+/// Concatenate the chunks named by `keys` into a temp file for `out`, each checked to be the
+/// file this run trusted; returns it, its size and its sha256.
 fn assemble(
     keys: &[String],
     store: &ChunkStore,
@@ -586,8 +597,8 @@ fn assemble(
     let temp = pending.temp_path().to_owned();
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut buf = vec![0u8; BUF];
     let mut dst = BufWriter::with_capacity(BUF, pending.file());
+    let mut buf = vec![0u8; BUF];
     for key in keys {
         let path = store.path(key);
         let mut chunk = File::open(&path).at(&path)?;
@@ -602,7 +613,7 @@ fn assemble(
             dst.write_all(&buf[..n]).at(&temp)?;
             size += n as u64;
         }
-        if store.trusted_sha(key) != Some(hex(&chunk_hasher.finalize())) {
+        if store.stored(key).map(|s| s.sha256) != Some(hex(&chunk_hasher.finalize())) {
             return Err(ChunkError::Changed { chunk: path });
         }
     }
@@ -613,6 +624,7 @@ fn assemble(
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::{BaseDigests, cells};
     use super::*;
 
     fn image(dir: &Path, bytes: &[u8]) -> PathBuf {
@@ -623,12 +635,7 @@ mod tests {
 
     fn decode(c: Codec, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let format = match c {
-            Codec::Xz => crate::image::Format::Xz,
-            Codec::Zstd => crate::image::Format::Zstd,
-            Codec::Gzip => crate::image::Format::Gzip,
-        };
-        crate::image::decoder(format, io::Cursor::new(data.to_vec()))
+        crate::image::decoder(c.format(), io::Cursor::new(data.to_vec()))
             .read_to_end(&mut out)
             .unwrap();
         out
@@ -652,13 +659,29 @@ mod tests {
             )
             .unwrap();
             let out = dir.path().join("out.img.x");
-            let (first, file) = compress_image(&path, &out, &store, 2).unwrap();
+            let img = CowImage::new(&path, dir.path()).unwrap();
+            let cells = cells(img.len(), &[], &[CHUNK_SIZE]);
+            let keys = BaseDigests::default()
+                .digests(&img, &path, &cells, 2)
+                .unwrap();
+            let compress = |jobs| compress_image(&img, &path, &cells, &keys, &out, &store, jobs);
+            let (first, file) = compress(2).unwrap();
             file.commit().unwrap();
             assert_eq!((first.chunks, first.compressed, first.reused), (4, 3, 0));
             let bytes = fs::read(&out).unwrap();
             assert_eq!(first.size, bytes.len() as u64);
             assert!(decode(codec, &bytes) == raw, "{codec:?} round trip");
-            let (again, _) = compress_image(&path, &out, &store, 1).unwrap();
+            assert_eq!(
+                first.raw_sha256,
+                crate::io::sha256_hex(&mut &raw[..]).unwrap()
+            );
+            // A new store object (a new run) checks the stored chunks before reusing them.
+            let store = ChunkStore::open(
+                &dir.path().join("cache"),
+                Compression::new(codec, Some(1)).unwrap(),
+            )
+            .unwrap();
+            let (again, _) = compress_image(&img, &path, &cells, &keys, &out, &store, 1).unwrap();
             assert_eq!((again.compressed, again.reused), (0, 4));
             assert_eq!(again.sha256, first.sha256);
         }

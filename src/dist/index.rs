@@ -1,7 +1,8 @@
 //! The release's index files: `SHA256SUMS` (Ubuntu's format, covering every artifact) and
-//! `os_list.json` (a Raspberry Pi Imager custom repository). Each node's files are put in place
-//! together with their index entries ([`Index::replace`]), keeping the entries of earlier runs'
-//! artifacts that are still in the directory; `sha256sum -c` passes at every moment.
+//! `os_list.json` (a Raspberry Pi Imager custom repository; not written for a shared-chunk
+//! release, which Imager cannot read). Each node's files are put in place together with their
+//! index entries ([`Index::replace`]), keeping the entries of earlier runs' artifacts that are
+//! still in the directory; `sha256sum -c` passes at every moment.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -98,12 +99,12 @@ impl Index {
     /// moment, also if the run is killed: first the index is rewritten without the lines of the
     /// files about to change, then each file is renamed into place, then the index is written
     /// with their new lines. `files` are the pending files with their sha256; `entry` is the
-    /// `os_list.json` entry of the image among them.
+    /// `os_list.json` entry of the image among them, if it has one.
     pub fn replace(
         &mut self,
         dir: &Path,
         files: Vec<(PendingOutput, String)>,
-        entry: OsEntry,
+        entry: Option<OsEntry>,
     ) -> Result<(), DistError> {
         let names: Vec<(String, String)> = files
             .iter()
@@ -123,11 +124,14 @@ impl Index {
             file.commit()?;
         }
         self.sums.extend(names);
-        self.list.insert(entry.url.clone(), entry);
+        if let Some(entry) = entry {
+            self.list.insert(entry.url.clone(), entry);
+        }
         self.write(dir)
     }
 
-    /// Write both index files (each atomically).
+    /// Write both index files (each atomically); `os_list.json` only if it lists an image or
+    /// is there already (a shared-chunk release has none).
     pub fn write(&self, dir: &Path) -> Result<(), DistError> {
         let list_path = dir.join(OS_LIST);
         let text: String = self
@@ -136,6 +140,9 @@ impl Index {
             .map(|(file, sha)| sums::line(sha, file))
             .collect();
         write_atomic(&dir.join(SHA256SUMS), text.as_bytes())?;
+        if self.list.is_empty() && !list_path.exists() {
+            return Ok(());
+        }
         let json = serde_json::to_string_pretty(&OsList {
             os_list: self.list.values().cloned().collect(),
         })
@@ -184,7 +191,7 @@ fn read_existing(path: &Path) -> Result<Option<String>, DistError> {
 }
 
 /// Write `bytes` to `path` through a temp file, fsync and rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistError> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistError> {
     pending_with(path, bytes)?.commit()?;
     Ok(())
 }
@@ -229,14 +236,16 @@ mod tests {
         for name in ["b.img.xz", "c.img.xz"] {
             let file = pending(d, name, name);
             let sha = file.1.clone();
-            index.replace(d, vec![file], entry(name, &sha)).unwrap();
+            index
+                .replace(d, vec![file], Some(entry(name, &sha)))
+                .unwrap();
         }
         fs::remove_file(d.join("c.img.xz")).unwrap();
         let mut index = Index::read(d).unwrap();
         let file = pending(d, "a.img.xz", "a");
         let sha = file.1.clone();
         index
-            .replace(d, vec![file], entry("a.img.xz", &sha))
+            .replace(d, vec![file], Some(entry("a.img.xz", &sha)))
             .unwrap();
         let sums = fs::read_to_string(d.join(SHA256SUMS)).unwrap();
         let names: Vec<&str> = sums.lines().map(|l| &l[66..]).collect();
@@ -256,7 +265,7 @@ mod tests {
         let old = pending(d, "a.img.xz", "old");
         let sha = old.1.clone();
         index
-            .replace(d, vec![old], entry("a.img.xz", &sha))
+            .replace(d, vec![old], Some(entry("a.img.xz", &sha)))
             .unwrap();
         // A file whose commit fails (its directory made unwritable is not possible as root, so
         // a pending file whose temp was removed): the index was already rewritten without it.
@@ -265,7 +274,11 @@ mod tests {
         fs::remove_file(new.temp_path()).unwrap();
         assert!(
             index
-                .replace(d, vec![(new, new_sha.clone())], entry("a.img.xz", &new_sha))
+                .replace(
+                    d,
+                    vec![(new, new_sha.clone())],
+                    Some(entry("a.img.xz", &new_sha))
+                )
                 .is_err()
         );
         assert_eq!(fs::read_to_string(d.join(SHA256SUMS)).unwrap(), "");
@@ -274,7 +287,7 @@ mod tests {
         let mut index = Index::read(d).unwrap();
         let again = pending(d, "a.img.xz", "old");
         index
-            .replace(d, vec![again], entry("a.img.xz", &sha))
+            .replace(d, vec![again], Some(entry("a.img.xz", &sha)))
             .unwrap();
         assert_eq!(
             fs::read_to_string(d.join(SHA256SUMS)).unwrap(),

@@ -3,15 +3,20 @@
 //! `SHA256SUMS` (Ubuntu's format, `<sha256> *<file>`, covering both) and `os_list.json` (a
 //! Raspberry Pi Imager custom repository). `--shard K/N` builds every N-th node.
 //!
-//! Each node's raw image is built in a temp file beside its final name, compressed through the
-//! [`chunked`](crate::dist::chunks) chunk store and removed: the raw images do not stay in the output
-//! directory. The index files are rewritten with every node's files and keep the entries of
-//! artifacts built by earlier runs (other shards) whose files are still in the directory, so
-//! shards run one after another into one directory end with a complete index, and a run that
-//! fails or is killed leaves a directory that still checks.
+//! Each node's image is built as a copy-on-write layer over the base ([`build::delta`]), never
+//! as a full raw copy: its chunks that equal the base's take their digests from the first node
+//! (see [`layout`]), and only chunks missing from the [`chunks`] store are compressed. The
+//! index files are rewritten with every node's files and keep the entries of artifacts built by
+//! earlier runs (other shards) whose files are still in the directory, so shards run one after
+//! another into one directory end with a complete index, and a run that fails or is killed
+//! leaves a directory that still checks.
 
 pub mod chunks;
 pub mod index;
+pub mod layout;
+pub mod nodeindex;
+pub mod reader;
+pub mod shared;
 
 pub use self::index::{Index, OS_LIST, OsEntry, SHA256SUMS};
 
@@ -20,13 +25,15 @@ use std::str::FromStr;
 
 use sha2::Digest;
 
-use self::chunks::{ChunkError, ChunkStore, Compressed};
+use self::chunks::{CHUNK_SIZE, ChunkError, ChunkStore, Compressed};
+use self::layout::BaseDigests;
+use crate::build::delta::NodeDelta;
 use crate::build::{self, BuildError, BuildOptions};
 use crate::image::blockmap::BlockMap;
 use crate::image::blockmap::BlockMapError;
 use crate::image::{PendingOutput, bmap};
-use crate::io::PathError;
 use crate::io::calendar::UtcDateTime;
+use crate::io::{AtPath, PathError};
 use crate::plan::release::Release;
 use crate::profile::{Node, Profile, Target};
 
@@ -142,21 +149,37 @@ pub fn build_artifacts(
     let ext = store.compression().codec.extension();
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();
-    build::build_nodes_with::<DistError>(profile, nodes, opts, &mut |img| {
-        let out = opts.out_dir.join(format!("{}.img.{ext}", img.node));
-        // Dropping `img` afterwards removes the raw temp image.
-        let raw = img.output.temp_path();
-        let (compressed, image_file) = chunks::compress_image(raw, &out, store, jobs)?;
-        let bmap = opts.out_dir.join(format!("{}.img.bmap", img.node));
-        let (bmap_file, bmap_sha256) = bmap_file(raw, &bmap)?;
+    let mut base_digests = BaseDigests::default();
+    build::delta::build_node_deltas::<DistError>(profile, nodes, opts, &mut |delta| {
+        let name = opts.out_dir.join(format!("{}.img", delta.node));
+        let changed = delta.image.changed_blocks().at(&name)?;
+        let cells = layout::cells(delta.image.len(), &changed, &[CHUNK_SIZE]);
+        let keys = base_digests.digests(&delta.image, &name, &cells, jobs)?;
+        let out = opts.out_dir.join(format!("{}.img.{ext}", delta.node));
+        let bmap = opts.out_dir.join(format!("{}.img.bmap", delta.node));
+        // The block map's checksums read the image while the compressed file is assembled.
+        let (compressed, mapped) = std::thread::scope(|s| {
+            let mapped = s.spawn(|| bmap_file(&delta, &name, &bmap));
+            let compressed =
+                chunks::compress_image(&delta.image, &name, &cells, &keys, &out, store, jobs);
+            let mapped = mapped.join().unwrap_or_else(|_| {
+                Err(PathError::new(
+                    &bmap,
+                    std::io::Error::other("the block map thread panicked"),
+                )
+                .into())
+            });
+            (compressed, mapped)
+        });
+        let ((compressed, image_file), (bmap_file, bmap_sha256)) = (compressed?, mapped?);
         let artifact = Artifact {
-            node: img.node,
+            node: delta.node,
             compressed,
             bmap,
             bmap_sha256,
             elapsed: since.elapsed(),
-            target: img.target,
-            release: img.release,
+            target: delta.target,
+            release: delta.release,
         };
         index.replace(
             &opts.out_dir,
@@ -164,7 +187,7 @@ pub fn build_artifacts(
                 (image_file, artifact.compressed.sha256.clone()),
                 (bmap_file, artifact.bmap_sha256.clone()),
             ],
-            os_entry(profile, &artifact, opts.epoch),
+            Some(os_entry(profile, &artifact, opts.epoch)),
         )?;
         report(&artifact);
         artifacts.push(artifact);
@@ -176,12 +199,23 @@ pub fn build_artifacts(
     Ok(artifacts)
 }
 
-/// The block map of the raw image `raw` in a temp file for `out`, and its sha256.
-fn bmap_file(raw: &Path, out: &Path) -> Result<(PendingOutput, String), DistError> {
-    let map = BlockMap::of_image(raw)?;
+/// The block map of the node's image (named `name` in errors) in a temp file for `out`, and
+/// its sha256.
+fn bmap_file(
+    delta: &NodeDelta,
+    name: &Path,
+    out: &Path,
+) -> Result<(PendingOutput, String), DistError> {
+    let allocation = &delta.root_allocation;
+    let len = delta.image.len();
+    let map = BlockMap::of_layers(&mut delta.image.cursor(), name, len, &|p| {
+        Ok((p.start == delta.root_start)
+            .then(|| (**allocation).clone())
+            .flatten())
+    })?;
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
-    bmap::write(&map, raw, &mut text)?;
+    bmap::write(&map, &mut delta.image.cursor(), name, &mut text)?;
     let file = index::pending_with(out, &text)?;
     Ok((file, crate::io::hex(&sha2::Sha256::digest(&text))))
 }

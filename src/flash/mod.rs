@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use self::devices::DeviceError;
 use self::reader::{Digests, Piece, Slot, read_source};
 pub use self::report::{About, NodeFacts, confirm, summary};
-pub use self::source::Source;
+pub use self::source::{Source, Streamed};
 pub use self::target::Target;
 use self::verify::Expected;
 pub use self::verify::verify;
@@ -292,8 +292,8 @@ mod tests {
             let target = dir.path().join(format!("t{at}"));
             let o = flash_one(&src, &Expected::Image(&other_src), &target);
             assert_eq!(mismatch_at(&o), Some(at as u64), "{:?}", o.result);
-            // A new file that failed verification is not left at the target's path.
-            assert!(!target.exists());
+            // A new file that failed verification is not left at its path.
+            assert!(!target.exists(), "{} left behind", target.display());
         }
     }
 
@@ -335,8 +335,8 @@ mod tests {
                 &target,
             );
             assert_eq!(mismatch_at(&o), Some(at as u64), "{:?}", o.result);
-            // A new file that failed verification is not left at the target's path.
-            assert!(!target.exists());
+            // A new file that failed verification is not left at its path.
+            assert!(!target.exists(), "{} left behind", target.display());
         }
     }
 }

@@ -142,6 +142,7 @@ mod tests {
                 map: None,
                 bmap_path: None,
                 size: Some(353 << 20),
+                streamed: None,
             },
             targets: vec![Target {
                 path: device.into(),

@@ -1,15 +1,30 @@
 //! The image to flash: opening it (raw, or `.xz`/`.gz`/`.zst` judged by content), finding its
 //! block map (a `.bmap` beside it, else one made from a raw image's filesystems) and streaming
-//! its raw bytes for the reader and for locating a verification mismatch.
+//! its raw bytes for the reader and for locating a verification mismatch. An image that comes
+//! as a self-checking stream ([`Streamed`], e.g. a node's image in a shared-chunk release, which
+//! `commands` wraps) is a source too.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{FlashError, PIECE_SIZE};
 use crate::image::blockmap::BlockMap;
 use crate::image::{self, Format, bmap};
 use crate::io::{AtPath, read_full};
+
+/// A raw image given as a stream that checks itself as it is read (a node's image in a
+/// shared-chunk release): its size is known beforehand, it has no block map, and it is read
+/// from its first byte only.
+pub trait Streamed: std::fmt::Debug + Send + Sync {
+    /// The raw image's length in bytes.
+    fn size(&self) -> u64;
+    /// The raw image's sha256, when known beforehand.
+    fn sha256(&self) -> Option<&str>;
+    /// The raw image from its first byte; a read fails where the bytes do not check.
+    fn reader(&self) -> Box<dyn Read + Send>;
+}
 
 /// An image to flash: its compression, and the block map saying what to write.
 #[derive(Debug, Clone)]
@@ -26,6 +41,8 @@ pub struct Source {
     pub bmap_path: Option<PathBuf>,
     /// The raw image's size, when known before reading it all.
     pub size: Option<u64>,
+    /// The stream that gives the raw bytes, for a [`Streamed`] image (`path` only names it).
+    pub streamed: Option<Arc<dyn Streamed>>,
 }
 
 impl Source {
@@ -71,7 +88,27 @@ impl Source {
             map,
             bmap_path,
             size,
+            streamed: None,
         })
+    }
+
+    /// A [`Streamed`] image, named `path`: no block map (every block is written; to a new file
+    /// only the non-zero ones), its bytes checked by the stream as they are read.
+    pub fn streamed(path: &Path, image: Arc<dyn Streamed>) -> Source {
+        Source {
+            path: path.to_owned(),
+            format: Format::Raw,
+            map: None,
+            bmap_path: None,
+            size: Some(image.size()),
+            streamed: Some(image),
+        }
+    }
+
+    /// Whether the image is a raw file, readable at any offset (a verifier compares the target
+    /// with it directly).
+    pub fn is_raw_file(&self) -> bool {
+        self.format == Format::Raw && self.streamed.is_none()
     }
 
     /// The raw image's size, decompressing the whole image once to count it if no `.bmap`
@@ -96,6 +133,9 @@ impl Source {
 
     /// The image as a stream of raw bytes.
     pub(super) fn stream(&self) -> Result<Stream, FlashError> {
+        if let Some(image) = &self.streamed {
+            return Ok(Stream::Decoded(image.reader(), 0));
+        }
         let file = File::open(&self.path).at(&self.path)?;
         Ok(match self.format {
             Format::Raw => Stream::Raw(file),

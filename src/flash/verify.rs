@@ -26,7 +26,6 @@ use super::reader::{Aligned, Digests, Piece, read_source};
 use super::source::Source;
 use super::writer::{fdatasync, set_direct};
 use super::{FlashError, PIECE_SIZE, QUEUE};
-use crate::image::Format;
 use crate::io::progress::Progress;
 use crate::io::{AtPath, PathError};
 
@@ -46,9 +45,9 @@ pub(super) enum Expected<'a> {
 }
 
 impl<'a> Expected<'a> {
-    /// The cheapest comparison for `src`: its bytes when it is raw, else `digests`.
+    /// The cheapest comparison for `src`: its bytes when it is a raw file, else `digests`.
     pub(super) fn for_source(src: &'a Source, digests: &'a Digests) -> Expected<'a> {
-        if src.format == Format::Raw {
+        if src.is_raw_file() {
             Expected::Image(src)
         } else {
             Expected::Digests(src, digests)

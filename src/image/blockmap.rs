@@ -7,8 +7,9 @@
 //! flash writes only what the filesystems need. Saving and loading a map as bmaptool's `.bmap`
 //! file is [`bmap`](super::bmap)'s job; a map only carries the per-range checksums one had.
 
+use std::fmt::Debug;
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,9 @@ use sha2::Digest;
 
 use crate::image::Format;
 use crate::image::bootfs;
+use crate::image::cow::{CowCursor, CowImage};
 use crate::image::ext4::{Ext4Error, Ext4Fs};
-use crate::image::partition::{Content, PartitionError, PartitionTable, TableKind};
+use crate::image::partition::{Content, Partition, PartitionError, PartitionTable, TableKind};
 use crate::io::{AtPath, PathError, hex, read_full};
 
 /// The block size of maps made here (bmaptool's default, and the usual filesystem block size).
@@ -180,7 +182,22 @@ impl BlockMap {
         }
         let mut file = File::open(path).at(path)?;
         let image_size = file.metadata().at(path)?.len();
-        let table = match PartitionTable::read(path) {
+        Self::of_layers(&mut file, path, image_size, &|p| {
+            ext4_allocation(path, p.start, p.len)
+        })
+    }
+
+    /// The map of an image readable through `image` (named `name` in errors), `image_size`
+    /// bytes long, as [`BlockMap::of_image`] makes it; `ext4` gives an ext4 partition's
+    /// allocation (libext2fs reads a file, which may be another image holding the same
+    /// partition bytes).
+    pub fn of_layers<I: Mappable>(
+        image: &mut I,
+        name: &Path,
+        image_size: u64,
+        ext4: &dyn Fn(&Partition) -> Result<Option<FsAllocation>, BlockMapError>,
+    ) -> Result<BlockMap, BlockMapError> {
+        let table = match PartitionTable::read_from(image, name) {
             Ok(t) => Some(t),
             Err(PartitionError::NoTable { .. }) => None,
             Err(e) => return Err(e.into()),
@@ -196,32 +213,32 @@ impl BlockMap {
                 used.push(image_size.saturating_sub(GPT_BACKUP_BYTES)..image_size);
             }
             for p in &table.partitions {
-                match &p.content {
-                    Content::Fat { .. } => {
-                        if let Some((ranges, fs_len)) =
-                            bootfs::used_ranges(&mut file, p.start, p.len).at(path)?
-                        {
-                            used.extend(ranges);
-                            known.push(p.start..p.start + fs_len);
-                        }
-                    }
-                    Content::Ext4 { .. } => {
-                        if let Ok(fs) = Ext4Fs::open(path, p.start, p.len, false) {
-                            let ranges = fs.used_byte_ranges()?;
-                            used.extend(
-                                ranges
-                                    .into_iter()
-                                    .map(|r| p.start + r.start..p.start + r.end),
-                            );
-                            known.push(p.start..p.start + fs.size_bytes());
-                        }
-                    }
-                    Content::Unknown => {}
+                let allocation = match &p.content {
+                    // used_ranges gives image offsets; an allocation is from the partition.
+                    Content::Fat { .. } => bootfs::used_ranges(image, p.start, p.len)
+                        .at(name)?
+                        .map(|(used, len)| FsAllocation {
+                            used: used
+                                .into_iter()
+                                .map(|r| r.start - p.start..r.end - p.start)
+                                .collect(),
+                            len,
+                        }),
+                    Content::Ext4 { .. } => ext4(p)?,
+                    Content::Unknown => None,
+                };
+                if let Some(a) = allocation {
+                    used.extend(
+                        a.used
+                            .into_iter()
+                            .map(|r| p.start + r.start..p.start + r.end),
+                    );
+                    known.push(p.start..p.start + a.len);
                 }
             }
         }
         for gap in complement(normalize(known, 1, image_size), image_size) {
-            used.extend(nonzero_blocks(&mut file, gap).at(path)?);
+            used.extend(nonzero_blocks(image, gap).at(name)?);
         }
         Ok(BlockMap {
             image_size,
@@ -263,6 +280,51 @@ impl BlockMap {
     }
 }
 
+/// What a filesystem uses: byte ranges relative to its partition's start, and its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsAllocation {
+    /// The used byte ranges, from the partition's start.
+    pub used: Vec<Range<u64>>,
+    /// The filesystem's length in bytes (the rest of the partition is outside it).
+    pub len: u64,
+}
+
+/// The allocation of the ext4 filesystem at `start` (`len` bytes) of the image file `path`;
+/// `None` when libext2fs cannot open it (its bytes then count as outside any filesystem).
+pub fn ext4_allocation(
+    path: &Path,
+    start: u64,
+    len: u64,
+) -> Result<Option<FsAllocation>, BlockMapError> {
+    let Ok(fs) = Ext4Fs::open(path, start, len, false) else {
+        return Ok(None);
+    };
+    Ok(Some(FsAllocation {
+        used: fs.used_byte_ranges()?,
+        len: fs.size_bytes(),
+    }))
+}
+
+/// An image a block map can be made of: readable (the partition table reader also wants
+/// `Write`, which it never uses) and able to say where its data is.
+pub trait Mappable: Read + Write + Seek + Debug {
+    /// The next data region at or after `pos`: (start of data, start of the next hole), `None`
+    /// past the last data. Where the image cannot tell, everything is data.
+    fn next_data(&self, pos: u64) -> io::Result<Option<(u64, u64)>> {
+        Ok(Some((pos, u64::MAX)))
+    }
+}
+
+impl Mappable for File {
+    fn next_data(&self, pos: u64) -> io::Result<Option<(u64, u64)>> {
+        next_data(self, pos)
+    }
+}
+
+impl Mappable for CowImage {}
+
+impl Mappable for CowCursor<'_> {}
+
 /// Sort, align outward to `align`, clamp to `size` and merge overlapping or touching ranges.
 fn normalize(mut ranges: Vec<Range<u64>>, align: u64, size: u64) -> Vec<Range<u64>> {
     for r in &mut ranges {
@@ -299,12 +361,12 @@ fn complement(ranges: Vec<Range<u64>>, size: u64) -> Vec<Range<u64>> {
 
 /// The 4 KiB blocks (aligned to the file's start) overlapping `range` that hold a non-zero
 /// byte. Holes of a sparse file are skipped without reading them.
-fn nonzero_blocks(file: &mut File, range: Range<u64>) -> io::Result<Vec<Range<u64>>> {
+fn nonzero_blocks(file: &mut impl Mappable, range: Range<u64>) -> io::Result<Vec<Range<u64>>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; SCAN_BUF];
     let mut pos = range.start / BLOCK_SIZE * BLOCK_SIZE;
     while pos < range.end {
-        let Some((data, hole)) = next_data(file, pos)? else {
+        let Some((data, hole)) = file.next_data(pos)? else {
             break;
         };
         pos = data.max(pos) / BLOCK_SIZE * BLOCK_SIZE;

@@ -6,7 +6,6 @@
 //! general XML parser): comments are stripped first, because bmaptool's mention element names.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -16,10 +15,15 @@ use crate::image::blockmap::{
 };
 use crate::io::{AtPath, PathError};
 
-/// Write `map` in bmaptool's format 2.0 (XML) with a sha256 per range, read from `image`, and
-/// the file's own checksum, so `bmaptool copy --bmap` accepts and verifies it.
-pub fn write(map: &BlockMap, image: &Path, out: &mut dyn Write) -> Result<(), BlockMapError> {
-    let mut file = File::open(image).at(image)?;
+/// Write `map` in bmaptool's format 2.0 (XML) with a sha256 per range, read from `image` (named
+/// `name` in errors), and the file's own checksum, so `bmaptool copy --bmap` accepts and
+/// verifies it.
+pub fn write(
+    map: &BlockMap,
+    image: &mut (impl Read + Seek),
+    name: &Path,
+    out: &mut dyn Write,
+) -> Result<(), BlockMapError> {
     let mut buf = vec![0u8; SCAN_BUF];
     let mut text = String::new();
     let percent = if map.image_size == 0 {
@@ -58,11 +62,11 @@ pub fn write(map: &BlockMap, image: &Path, out: &mut dyn Write) -> Result<(), Bl
     );
     for r in &map.ranges {
         let mut h = ChecksumKind::Sha256.hasher();
-        file.seek(SeekFrom::Start(r.start)).at(image)?;
+        image.seek(SeekFrom::Start(r.start)).at(name)?;
         let mut left = r.end - r.start;
         while left > 0 {
             let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-            file.read_exact(&mut buf[..n]).at(image)?;
+            image.read_exact(&mut buf[..n]).at(name)?;
             h.update(&buf[..n]);
             left -= n as u64;
         }

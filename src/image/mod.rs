@@ -1,5 +1,5 @@
 //! Disk images and the formats inside them: compressed streams ([`compressed`]), atomic sparse
-//! outputs ([`output`]), the partition table ([`partition`]) and a byte-range view of one
+//! outputs ([`output`]), copy-on-write images over a base ([`cow`]), the partition table ([`partition`]) and a byte-range view of one
 //! partition ([`partview`]), the FAT boot partition ([`bootfs`]), the ext4 root ([`ext4`]), and
 //! which blocks of an image matter ([`blockmap`]).
 
@@ -7,6 +7,7 @@ pub mod blockmap;
 pub mod bmap;
 pub mod bootfs;
 pub mod compressed;
+pub mod cow;
 pub mod ext4;
 pub mod output;
 pub mod partition;

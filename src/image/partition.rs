@@ -2,8 +2,10 @@
 //! and root partitions by what they hold, set the MBR disk identifier, and convert an MBR table
 //! to GPT at the same offsets.
 
+use crate::image::cow::ImageFile;
 use crate::io::{AtPath, PathError, read_full};
 use crate::plan::ids::Guid;
+use std::fmt::Debug;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -138,15 +140,18 @@ impl PartitionTable {
 
     /// Read the table of the image open as `file`, whose errors name `path` (the image the user
     /// gave, when `file` is a decompressed copy of it).
-    pub fn read_from(file: &mut File, path: &Path) -> Result<PartitionTable, PartitionError> {
+    pub fn read_from<F: Read + Write + Seek + Debug>(
+        file: &mut F,
+        path: &Path,
+    ) -> Result<PartitionTable, PartitionError> {
         let io = |source| {
             PartitionError::Io(PathError {
                 path: path.to_owned(),
                 source,
             })
         };
+        let len = file.seek(SeekFrom::End(0)).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
         if len < SECTOR {
             return Err(PartitionError::NoTable {
                 path: path.to_owned(),
@@ -223,7 +228,7 @@ impl PartitionTable {
 
 fn read_mbr(
     path: &Path,
-    file: &mut File,
+    file: &mut (impl Read + Seek),
     sector: &[u8; 512],
 ) -> Result<(TableKind, String, Vec<Partition>), PartitionError> {
     file.seek(SeekFrom::Start(0)).at(path)?;
@@ -247,9 +252,9 @@ fn read_mbr(
     Ok((TableKind::Mbr, format!("0x{id:08x}"), partitions))
 }
 
-fn read_gpt(
+fn read_gpt<F: Read + Write + Seek + Debug>(
     path: &Path,
-    file: &mut File,
+    file: &mut F,
 ) -> Result<(TableKind, String, Vec<Partition>), PartitionError> {
     let no_table = |e: &dyn std::fmt::Display| PartitionError::NoTable {
         path: path.to_owned(),
@@ -276,7 +281,7 @@ fn read_gpt(
 }
 
 /// Identify a filesystem from the superblock / boot sector at `start`.
-fn probe(file: &mut File, start: u64) -> std::io::Result<Content> {
+fn probe(file: &mut (impl Read + Seek), start: u64) -> std::io::Result<Content> {
     let mut head = [0u8; 2048];
     file.seek(SeekFrom::Start(start))?;
     let got = read_full(file, &mut head)?;
@@ -315,7 +320,11 @@ fn c_string(bytes: &[u8]) -> String {
 
 /// Set the 32-bit MBR disk identifier of the image open in `file` (which `root=PARTUUID=<id>-02`
 /// refers to). Only those four bytes change.
-pub fn set_mbr_disk_id(file: &mut File, path: &Path, id: u32) -> Result<(), PartitionError> {
+pub fn set_mbr_disk_id(
+    file: &mut (impl Read + Write + Seek),
+    path: &Path,
+    id: u32,
+) -> Result<(), PartitionError> {
     let io = |source| {
         PartitionError::Io(PathError {
             path: path.to_owned(),
@@ -359,7 +368,7 @@ const GPT_FIRST_USABLE: u64 = 2 + GPT_TABLE_SECTORS;
 /// partition reaches its end. FAT partitions get the basic data type, ext4 ones Linux
 /// filesystem data; names are the filesystem labels. Returns the image's new length.
 pub fn convert_to_gpt(
-    file: &mut File,
+    file: &mut impl ImageFile,
     path: &Path,
     table: &PartitionTable,
     disk_guid: Guid,
@@ -416,12 +425,12 @@ pub fn convert_to_gpt(
         }
         end_lba = end_lba.max(first + count);
     }
-    let old_len = file.metadata().map_err(io)?.len();
+    let old_len = file.image_len().map_err(io)?;
     let total = old_len
         .div_ceil(SECTOR)
         .max(end_lba + GPT_TABLE_SECTORS + 1);
     let new_len = total * SECTOR;
-    file.set_len(new_len).map_err(io)?;
+    file.set_image_len(new_len).map_err(io)?;
 
     let entries_crc = crc32(&entries);
     let last_usable = total - GPT_TABLE_SECTORS - 2;

@@ -18,6 +18,9 @@ use crate::io::AtPath;
 pub const DIR: &str = ".pi-image";
 /// The record's file name in [`DIR`].
 pub const FILE: &str = "build.json";
+/// The [`ImageEntry::format`] of a node's image in a shared-chunk release (`build --chunked`),
+/// whose `file` is the node's index, `<node>.chunks.json`.
+pub const CHUNKED: &str = "chunked";
 /// The record format this pi-image reads and writes.
 const FORMAT: u32 = 1;
 
@@ -57,9 +60,9 @@ pub struct LastBuild {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageEntry {
-    /// The image's file name in the directory (`pi3.img`, `pi3.img.xz`).
+    /// The image's file name in the directory (`pi3.img`, `pi3.img.xz`, `w017.chunks.json`).
     pub file: String,
-    /// `raw`, `xz`, `zstd` or `gz`.
+    /// `raw`, `xz`, `zstd`, `gz` or [`CHUNKED`].
     pub format: String,
     /// The file's sha256 and its stamp when written.
     pub written: HashedFile,

@@ -22,17 +22,18 @@ use super::{
 use crate::bootconf::configtxt;
 use crate::bootconf::eeprom::{self, BootOrder};
 
-/// Check the `i`th node's fields, each taken from `node` or else `defaults`.
+/// Check the fields of the node whose table errors call `table` (`nodes[2]`, `node_sets[0]
+/// (w017)`), each taken from `node` or else `defaults`.
 pub(super) fn node(
     v: &Validator<'_>,
-    i: usize,
+    table: &str,
     node: &RawSettings,
     defaults: &RawSettings,
     overlays_dir: &Path,
 ) -> Result<Node, ProfileError> {
     let f = Fields {
         v,
-        i,
+        table,
         node,
         defaults,
     };
@@ -65,8 +66,8 @@ pub(super) fn node(
     })
 }
 
-/// A node's value for one field, and the field it is reported under: `nodes[i].F` when the
-/// node sets it, `defaults.F` when it comes from `[defaults]`, so an error points at the table
+/// A node's value for one field, and the field it is reported under: `nodes[i].F` (or
+/// `node_sets[i] (name).F`) when the node sets it, `defaults.F` when it comes from `[defaults]`, so an error points at the table
 /// the user has to edit.
 struct Picked<'a, T> {
     v: &'a Validator<'a>,
@@ -101,14 +102,17 @@ impl<'a, T> Picked<'a, Spanned<T>> {
     }
 }
 
-/// One `[[nodes]]` entry and `[defaults]`, checked field by field.
+/// One node's table and `[defaults]`, checked field by field.
 struct Fields<'a> {
     v: &'a Validator<'a>,
-    /// The node's index, for `nodes[i].F`.
-    i: usize,
+    /// How errors name the node's table: `nodes[i]` or `node_sets[i] (name)`.
+    table: &'a str,
     node: &'a RawSettings,
     defaults: &'a RawSettings,
 }
+
+/// A static address: the picked `address` value, the address and its prefix length.
+type StaticPick<'a> = (Picked<'a, Spanned<String>>, Ipv4Addr, u8);
 
 /// Reads one field of a `[defaults]` or `[[nodes]]` table.
 type Get<T> = fn(&RawSettings) -> &Option<T>;
@@ -116,7 +120,7 @@ type Get<T> = fn(&RawSettings) -> &Option<T>;
 impl<'a> Fields<'a> {
     /// `nodes[i].f`.
     fn at(&self, f: &str) -> String {
-        format!("nodes[{}].{f}", self.i)
+        format!("{}.{f}", self.table)
     }
 
     fn in_node<T>(&self, f: &str, get: Get<T>) -> Option<Picked<'a, T>> {
@@ -245,10 +249,10 @@ impl<'a> Fields<'a> {
     /// `address` makes the node static; the rest of the network settings only apply then,
     /// so without it they are not checked (except a gateway, which would be silently lost).
     fn network(&self) -> Result<Option<StaticAddress>, ProfileError> {
-        let Some((address, prefix_len)) = self.address()? else {
+        let Some((picked, address, prefix_len)) = self.address()? else {
             return Ok(None);
         };
-        let gateway = self.gateway(address, prefix_len)?;
+        let gateway = self.gateway(&picked, address, prefix_len)?;
         let dns = self.dns()?;
         let search = self.search()?;
         let interface = self.interface()?;
@@ -262,8 +266,9 @@ impl<'a> Fields<'a> {
         }))
     }
 
-    /// `address`: a host address with its prefix length, `None` for DHCP.
-    fn address(&self) -> Result<Option<(Ipv4Addr, u8)>, ProfileError> {
+    /// `address`: a host address with its prefix length (and where it came from), `None` for
+    /// DHCP.
+    fn address(&self) -> Result<Option<StaticPick<'a>>, ProfileError> {
         let Some(addr) = self.pick("address", |s| &s.address) else {
             if let Some(gw) = self.pick("gateway", |s| &s.gateway) {
                 return Err(gw.err("a gateway needs a static `address` (a.b.c.d/nn) on the node"));
@@ -279,11 +284,18 @@ impl<'a> Fields<'a> {
         if prefix_len <= 30 && (host_bits == 0 || host_bits == !mask) {
             return Err(addr.err(format!("{address} is the network or broadcast address of /{prefix_len} (expected a host address)")));
         }
-        Ok(Some((address, prefix_len)))
+        Ok(Some((addr, address, prefix_len)))
     }
 
-    /// `gateway`: inside the node's subnet, and not the node itself.
-    fn gateway(&self, address: Ipv4Addr, prefix_len: u8) -> Result<Option<Ipv4Addr>, ProfileError> {
+    /// `gateway`: inside the node's subnet, and not the node itself. That collision is reported
+    /// at the node's address (which names the node, also one of a set) unless the address too
+    /// comes from `[defaults]`.
+    fn gateway(
+        &self,
+        addr: &Picked<'a, Spanned<String>>,
+        address: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<Option<Ipv4Addr>, ProfileError> {
         let Some(gw) = self.pick("gateway", |s| &s.gateway) else {
             return Ok(None);
         };
@@ -299,7 +311,9 @@ impl<'a> Fields<'a> {
             )));
         }
         if g == address {
-            return Err(gw.err(format!("gateway {g} is the node's own address")));
+            return Err(addr.err(format!(
+                "{address} is the gateway's address (expected an address other than the gateway {g})"
+            )));
         }
         Ok(Some(g))
     }

@@ -3,6 +3,7 @@
 //! written; every error names the file, the line:column and the field.
 
 mod fields;
+mod nodeset;
 mod raw;
 pub mod rules;
 pub mod sshkey;
@@ -31,7 +32,7 @@ pub struct ProfileError {
     pub line: usize,
     /// 1-based column.
     pub column: usize,
-    /// The field, e.g. `nodes[2].address`.
+    /// The field, e.g. `nodes[2].address`, or `node_sets[0] (w017).address` for a node of a set.
     pub field: String,
     /// What is wrong and what was expected.
     pub message: String,

@@ -16,6 +16,8 @@ pub(super) struct RawProfile {
     pub(super) defaults: RawSettings,
     #[serde(default)]
     pub(super) nodes: Vec<RawSettings>,
+    #[serde(default)]
+    pub(super) node_sets: Vec<RawSettings>,
 }
 
 #[derive(Deserialize)]
@@ -30,11 +32,13 @@ pub(super) struct RawCluster {
     pub(super) overlays_dir: Option<Spanned<String>>,
 }
 
-/// The fields shared by `[defaults]` and each `[[nodes]]` entry (`name` only in nodes).
-#[derive(Deserialize, Default)]
+/// The fields shared by `[defaults]`, each `[[nodes]]` entry (`name` only in nodes) and each
+/// `[[node_sets]]` entry (`names` only in sets). Clone: each node of a set starts as a copy.
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSettings {
     pub(super) name: Option<Spanned<String>>,
+    pub(super) names: Option<Spanned<String>>,
     pub(super) hostname: Option<Spanned<String>>,
     pub(super) domain: Option<Spanned<String>>,
     pub(super) address: Option<Spanned<String>>,
@@ -59,7 +63,7 @@ pub(super) struct RawSettings {
 }
 
 /// An `ssh_keys` entry: an inline key or a key file, or a key with `authorized_keys` options.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 pub(super) enum RawSshKey {
     /// `"ssh-ed25519 AAAA... me@host"` or `"keys/me.pub"`.
@@ -69,7 +73,7 @@ pub(super) enum RawSshKey {
 }
 
 /// A key and the `authorized_keys` options the profile gives it explicitly.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKeyWithOptions {
     pub(super) key: String,
@@ -77,7 +81,7 @@ pub(super) struct RawKeyWithOptions {
 }
 
 /// `eeprom = { boot_order = "0xf14", firmware = "...", recovery = "...", settings = { ... } }`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEeprom {
     pub(super) boot_order: Spanned<String>,
@@ -87,7 +91,7 @@ pub(super) struct RawEeprom {
 }
 
 /// config.txt values may be written as TOML strings, integers or booleans.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 pub(super) enum ConfigValue {
     Str(String),

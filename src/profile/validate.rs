@@ -2,6 +2,7 @@
 //! verified, the node list, and what must be unique across nodes. Each node's own fields are
 //! checked in `fields`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::ops::Range;
@@ -10,8 +11,9 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::fields;
+use super::nodeset::{MAX_NODES, NamePattern, nth_address};
 use super::raw::{RawCluster, RawProfile, RawSettings};
-use super::rules::{is_http_url, is_label, is_sha256_hex};
+use super::rules::{is_http_url, is_label, is_sha256_hex, parse_cidr, subnet_mask};
 use super::{
     BaseSpec, Node, Profile, ProfileError, RemoteBase, UBUNTU_20_04_5_SUMS_URL, UBUNTU_20_04_5_URL,
     line_col,
@@ -75,18 +77,26 @@ impl Validator<'_> {
                 "a name belongs in [[nodes]], not in [defaults]",
             ));
         }
-        if raw.nodes.is_empty() {
+        if let Some(names) = &raw.defaults.names {
+            return Err(self.err(
+                names.span(),
+                "defaults.names",
+                "a names pattern belongs in [[node_sets]], not in [defaults]",
+            ));
+        }
+        if raw.nodes.is_empty() && raw.node_sets.is_empty() {
             return Err(self.err(
                 0..0,
                 "nodes",
-                "the profile defines no nodes (expected at least one [[nodes]] table)",
+                "the profile defines no nodes (expected at least one [[nodes]] or [[node_sets]] table)",
             ));
         }
-        let mut nodes = Vec::new();
+        let tables = self.node_tables(&raw)?;
+        let mut nodes = Vec::with_capacity(tables.len());
         let mut seen = Seen::default();
-        for (i, raw_node) in raw.nodes.iter().enumerate() {
-            let node = fields::node(self, i, raw_node, &raw.defaults, &overlays_dir)?;
-            self.unique(&mut seen, i, raw_node, &node)?;
+        for (k, t) in tables.iter().enumerate() {
+            let node = fields::node(self, &t.label, &t.raw, &raw.defaults, &overlays_dir)?;
+            self.unique(&mut seen, k, &tables, &node)?;
             nodes.push(node);
         }
         Ok(Profile {
@@ -98,35 +108,137 @@ impl Validator<'_> {
         })
     }
 
+    /// Every node's table in file order: each `[[nodes]]` entry as it is, and each node of a
+    /// `[[node_sets]]` entry as a copy of the set's table with its own name and address.
+    fn node_tables<'r>(&self, raw: &'r RawProfile) -> Result<Vec<NodeTable<'r>>, ProfileError> {
+        let mut tables = Vec::new();
+        for (i, node) in raw.nodes.iter().enumerate() {
+            if let Some(names) = &node.names {
+                return Err(self.err(
+                    names.span(),
+                    format!("nodes[{i}].names"),
+                    "a names pattern belongs in [[node_sets]] (a [[nodes]] entry has one `name`)",
+                ));
+            }
+            tables.push(NodeTable {
+                label: format!("nodes[{i}]"),
+                at: node.name.as_ref().map_or(0, |n| n.span().start),
+                raw: Cow::Borrowed(node),
+            });
+        }
+        let mut count = raw.nodes.len() as u64;
+        for (i, set) in raw.node_sets.iter().enumerate() {
+            self.node_set(i, set, &mut count, &mut tables)?;
+        }
+        // Stable: the nodes of a set share their position and keep their order.
+        tables.sort_by_key(|t| t.at);
+        Ok(tables)
+    }
+
+    /// The nodes of `set`, the `i`th `[[node_sets]]` entry, appended to `tables`; `count` is
+    /// the number of nodes so far, bounded by [`MAX_NODES`] before any node is made.
+    fn node_set<'r>(
+        &self,
+        i: usize,
+        set: &'r RawSettings,
+        count: &mut u64,
+        tables: &mut Vec<NodeTable<'r>>,
+    ) -> Result<(), ProfileError> {
+        let table = format!("node_sets[{i}]");
+        if let Some(name) = &set.name {
+            return Err(self.err(
+                name.span(),
+                format!("{table}.name"),
+                "a [[node_sets]] entry takes `names`, a pattern like \"w{001..960}\", not `name`",
+            ));
+        }
+        let names = set.names.as_ref().ok_or_else(|| {
+            self.err(
+                0..0,
+                format!("{table}.names"),
+                "missing (every [[node_sets]] entry needs a pattern like names = \"w{001..960}\")",
+            )
+        })?;
+        let pattern = NamePattern::parse(names.get_ref())
+            .map_err(|m| self.err(names.span(), format!("{table}.names"), m))?;
+        if *count + pattern.len() > MAX_NODES {
+            return Err(self.err(
+                names.span(),
+                format!("{table}.names"),
+                format!(
+                    "'{}' makes {} nodes and the profile has {count} before it (expected at most {MAX_NODES} nodes in a profile)",
+                    names.get_ref(),
+                    pattern.len()
+                ),
+            ));
+        }
+        *count += pattern.len();
+        // An address that does not parse is left to the address rule, which names the node.
+        let first = set
+            .address
+            .as_ref()
+            .and_then(|a| parse_cidr(a.get_ref()).map(|cidr| (a.span(), cidr)));
+        for k in 0..pattern.len() {
+            let name = pattern.name(k);
+            let label = format!("{table} ({name})");
+            let mut node = set.clone();
+            node.names = None;
+            node.name = Some(Spanned::new(names.span(), name));
+            if let Some((span, (address, prefix_len))) = &first {
+                let mine = nth_address(*address, *prefix_len, k).ok_or_else(|| {
+                    let mask = subnet_mask(*prefix_len);
+                    self.err(
+                        span.clone(),
+                        format!("{label}.address"),
+                        format!(
+                            "node {} of {} runs past the last host address of the subnet {}/{prefix_len} (the set starts at {address}; expected a first address with room for every node, or a larger subnet)",
+                            k + 1,
+                            pattern.len(),
+                            Ipv4Addr::from(u32::from(*address) & mask),
+                        ),
+                    )
+                })?;
+                node.address = Some(Spanned::new(span.clone(), format!("{mine}/{prefix_len}")));
+            }
+            tables.push(NodeTable {
+                label,
+                at: names.span().start,
+                raw: Cow::Owned(node),
+            });
+        }
+        Ok(())
+    }
+
     /// A node's name, hostname (case-insensitively) and address must not repeat an earlier
     /// node's. The error points at the node's own line for it, else at its name.
     fn unique(
         &self,
         seen: &mut Seen,
-        i: usize,
-        raw_node: &RawSettings,
+        k: usize,
+        tables: &[NodeTable<'_>],
         node: &Node,
     ) -> Result<(), ProfileError> {
+        let raw_node = &tables[k].raw;
         let name_span = raw_node.name.as_ref().map_or(0..0, |n| n.span());
         let own_span =
             |s: &Option<Spanned<String>>| s.as_ref().map_or(name_span.clone(), |s| s.span());
         let taken = |field: &str, span: Range<usize>, what: String, j: usize| {
             self.err(
                 span,
-                format!("nodes[{i}].{field}"),
-                format!("{what} is already used by nodes[{j}]"),
+                format!("{}.{field}", tables[k].label),
+                format!("{what} is already used by {}", tables[j].label),
             )
         };
-        if let Some(j) = seen.names.insert(node.name.clone(), i) {
+        if let Some(j) = seen.names.insert(node.name.clone(), k) {
             let what = format!("node name '{}'", node.name);
             return Err(taken("name", name_span.clone(), what, j));
         }
-        if let Some(j) = seen.hosts.insert(node.hostname.to_ascii_lowercase(), i) {
+        if let Some(j) = seen.hosts.insert(node.hostname.to_ascii_lowercase(), k) {
             let what = format!("hostname '{}'", node.hostname);
             return Err(taken("hostname", own_span(&raw_node.hostname), what, j));
         }
         if let Some(net) = &node.network
-            && let Some(j) = seen.addresses.insert(net.address, i)
+            && let Some(j) = seen.addresses.insert(net.address, k)
         {
             let what = format!("address {}", net.address);
             return Err(taken("address", own_span(&raw_node.address), what, j));
@@ -274,7 +386,16 @@ impl Validator<'_> {
     }
 }
 
-/// Which node first used each name, hostname and address.
+/// One node's table: a `[[nodes]]` entry, or one node of a `[[node_sets]]` entry.
+struct NodeTable<'r> {
+    /// How errors name it: `nodes[2]`, or `node_sets[0] (w017)`.
+    label: String,
+    /// Where it starts in the file, for file order.
+    at: usize,
+    raw: Cow<'r, RawSettings>,
+}
+
+/// Which node (by its place in the node tables) first used each name, hostname and address.
 #[derive(Default)]
 struct Seen {
     names: HashMap<String, usize>,
