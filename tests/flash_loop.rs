@@ -435,6 +435,56 @@ fn a_prompt_answered_no_writes_nothing() {
     assert_eq!(sha256(&file), before);
 }
 
+/// (issue 14, item 16) The device is opened, and checked, before the question: a path that
+/// is made to point at another disk while the prompt waits does not redirect the write.
+#[test]
+fn hole_16_a_path_swapped_while_the_prompt_waits_does_not_redirect_the_write() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let img = demo_images().join("pi1.img");
+    let size = fs::metadata(&img).unwrap().len();
+    let (fa, fb) = (tmp.path().join("a.disk"), tmp.path().join("b.disk"));
+    garbage_file(&fa, size + (1 << 20));
+    fs::copy(&fa, &fb).unwrap();
+    let b_before = sha256(&fb);
+    let Some(a) = Loop::attach(&fa) else { return };
+    let Some(b) = Loop::attach(&fb) else { return };
+    let card = tmp.path().join("card");
+    std::os::unix::fs::symlink(&a.dev, &card).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pi-image"))
+        .args(["flash", s(&img), s(&card)])
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the question.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("Type 'yes' to continue") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Now the path names the other disk.
+    let swapped = tmp.path().join("card.new");
+    std::os::unix::fs::symlink(&b.dev, &swapped).unwrap();
+    fs::rename(&swapped, &card).unwrap();
+    child.stdin.take().unwrap().write_all(b"yes\n").unwrap();
+    stderr.read_to_end(&mut seen).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&seen));
+    pi_image_ok(&repo(), &["verify", s(&img), s(&a.dev)]);
+    drop((a, b));
+    assert_eq!(
+        sha256(&fb),
+        b_before,
+        "the disk the path was swapped to was written"
+    );
+}
+
 #[test]
 fn a_partition_is_refused_naming_the_whole_disk() {
     let tmp = tempfile::tempdir().unwrap();
