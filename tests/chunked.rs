@@ -143,6 +143,18 @@ fn edit_index(rel: &Path, node: &str, edit: &str) {
     ]));
 }
 
+/// The file of chunk `i` of w02's index in `rel`, its digest read by python3's json.
+fn w02_chunk_file(rel: &Path, i: usize) -> PathBuf {
+    let script =
+        format!("import json, sys\nprint(json.load(open(sys.argv[1]))['chunks'][{i}]['sha256'])");
+    let out =
+        run_ok(Command::new("python3").args(["-c", &script, s(&rel.join("w02.chunks.json"))]));
+    rel.join(format!(
+        "chunks/{}.xz",
+        String::from_utf8_lossy(&out.stdout).trim()
+    ))
+}
+
 #[test]
 fn extracted_and_flashed_images_equal_plain_builds() {
     let b = built();
@@ -458,32 +470,14 @@ fn broken_releases_are_refused_and_leave_no_output() {
         (
             "missing chunk",
             |rel| {
-                let script =
-                    "import json, sys\nprint(json.load(open(sys.argv[1]))['chunks'][3]['sha256'])";
-                let out = run_ok(Command::new("python3").args([
-                    "-c",
-                    script,
-                    s(&rel.join("w02.chunks.json")),
-                ]));
-                let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                fs::remove_file(rel.join(format!("chunks/{sha}.xz"))).unwrap();
+                fs::remove_file(w02_chunk_file(rel, 3)).unwrap();
             },
             "missing: the release lacks this chunk",
         ),
         (
             "corrupt chunk",
             |rel| {
-                let script =
-                    "import json, sys\nprint(json.load(open(sys.argv[1]))['chunks'][0]['sha256'])";
-                let out = run_ok(Command::new("python3").args([
-                    "-c",
-                    script,
-                    s(&rel.join("w02.chunks.json")),
-                ]));
-                let p = rel.join(format!(
-                    "chunks/{}.xz",
-                    String::from_utf8_lossy(&out.stdout).trim()
-                ));
+                let p = w02_chunk_file(rel, 0);
                 let mut bytes = fs::read(&p).unwrap();
                 let n = bytes.len();
                 bytes[n / 2] ^= 1;
@@ -586,17 +580,7 @@ fn broken_releases_are_refused_and_leave_no_output() {
         (
             "chunk file is a directory",
             |rel| {
-                let script =
-                    "import json, sys\nprint(json.load(open(sys.argv[1]))['chunks'][1]['sha256'])";
-                let out = run_ok(Command::new("python3").args([
-                    "-c",
-                    script,
-                    s(&rel.join("w02.chunks.json")),
-                ]));
-                let p = rel.join(format!(
-                    "chunks/{}.xz",
-                    String::from_utf8_lossy(&out.stdout).trim()
-                ));
+                let p = w02_chunk_file(rel, 1);
                 fs::remove_file(&p).unwrap();
                 fs::create_dir(&p).unwrap();
             },
