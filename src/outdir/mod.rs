@@ -17,7 +17,7 @@ pub mod record;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use self::identity::{HashedFile, Inputs, file_sha256};
+use self::identity::{FileStamp, HashedFile, Inputs, file_sha256};
 use self::record::{ImageEntry, LastBuild, Record};
 use crate::base::BaseImage;
 use crate::base::cache::{self, Cache, CacheError};
@@ -355,15 +355,49 @@ pub struct Recorder<'a> {
     record: Record,
     profile_sha256: String,
     base_source: String,
-    base_sha256: String,
-    base_file: Option<HashedFile>,
+    base_hash: BaseHash,
     entries: Vec<(String, ImageEntry)>,
+}
+
+/// The base's sha256 as a build records it: known (verified by the fetch, or recorded for
+/// the file's current stamp), or being computed on another thread while the nodes are built.
+struct BaseHash {
+    sha256: String,
+    /// For a local file: its hash with the stamp it was taken at.
+    file: Option<HashedFile>,
+    /// Hashing the local file; `sha256` and `file` are set from it when it is joined.
+    hashing: Option<std::thread::JoinHandle<Result<HashedFile, OutDirError>>>,
+}
+
+impl BaseHash {
+    fn known(sha256: String, file: Option<HashedFile>) -> BaseHash {
+        BaseHash {
+            sha256,
+            file,
+            hashing: None,
+        }
+    }
+
+    /// The sha256 and the local file's hash; waits for the hashing thread the first time.
+    fn get(&mut self) -> Result<(&str, Option<&HashedFile>), OutDirError> {
+        if let Some(thread) = self.hashing.take() {
+            let file = thread.join().map_err(|_| {
+                PathError::new(
+                    Path::new("base image"),
+                    std::io::Error::other("the thread hashing the base panicked"),
+                )
+            })??;
+            self.sha256 = file.sha256.clone();
+            self.file = Some(file);
+        }
+        Ok((&self.sha256, self.file.as_ref()))
+    }
 }
 
 impl<'a> Recorder<'a> {
     /// Start recording into `out` images built per `req` from `base` (resolved from
-    /// `req.base`): the profile and the base are identified now (a local base is hashed unless
-    /// its recorded hash still holds).
+    /// `req.base`): the profile is identified now; a local base whose recorded hash no longer
+    /// holds is hashed on another thread, while the caller builds (the base is only read).
     pub fn new(
         out: &'a OutDir,
         req: &'a Request<'a>,
@@ -371,11 +405,26 @@ impl<'a> Recorder<'a> {
     ) -> Result<Recorder<'a>, OutDirError> {
         let record = Record::read(out.path())?;
         let profile_sha256 = file_sha256(&req.profile.path)?;
-        let (base_source, base_sha256, base_file) = match (&req.base, base.download_sha256()) {
-            (BaseSpec::Url(remote), Some(sha)) => (remote.url.clone(), sha.to_string(), None),
+        let (base_source, base_hash) = match (&req.base, base.download_sha256()) {
+            (BaseSpec::Url(remote), Some(sha)) => (
+                remote.url.clone(),
+                BaseHash::known(sha.to_string(), None),
+            ),
             _ => {
-                let file = HashedFile::of(base.path(), known_base_hash(&record, base.path()))?;
-                (absolute(base.path()), file.sha256.clone(), Some(file))
+                let known = known_base_hash(&record, base.path())
+                    .filter(|k| FileStamp::of(base.path()).is_ok_and(|now| now == k.stamp));
+                let hash = match known {
+                    Some(k) => BaseHash::known(k.sha256.clone(), Some(k.clone())),
+                    None => {
+                        let path = base.path().to_owned();
+                        BaseHash {
+                            sha256: String::new(),
+                            file: None,
+                            hashing: Some(std::thread::spawn(move || HashedFile::of(&path, None))),
+                        }
+                    }
+                };
+                (absolute(base.path()), hash)
             }
         };
         Ok(Recorder {
@@ -384,8 +433,7 @@ impl<'a> Recorder<'a> {
             record,
             profile_sha256,
             base_source,
-            base_sha256,
-            base_file,
+            base_hash,
             entries: Vec::new(),
         })
     }
@@ -401,6 +449,7 @@ impl<'a> Recorder<'a> {
         release: &str,
     ) -> Result<NodeImage, OutDirError> {
         let now = cache::now_rfc3339();
+        let (base_sha256, base_file) = self.base_hash.get()?;
         let entry = ImageEntry {
             file: path
                 .file_name()
@@ -418,12 +467,12 @@ impl<'a> Recorder<'a> {
             built_at: now,
             profile: PathBuf::from(absolute(&self.req.profile.path)),
             base: self.base_source.clone(),
-            base_file: self.base_file.clone(),
+            base_file: base_file.cloned(),
             inputs: Inputs::of(
                 self.req.profile,
                 &self.profile_sha256,
                 node,
-                &self.base_sha256,
+                base_sha256,
                 self.req.epoch,
             )?,
         };
