@@ -32,6 +32,7 @@ use super::layout::{Cell, sha256_range};
 use crate::base::cache::Cleaned;
 use crate::image::cow::CowImage;
 use crate::image::{ImageError, PendingOutput};
+use crate::io::stamp::FileStamp;
 use crate::io::{AtPath, PathError, hex, tempfiles};
 
 /// Raw bytes per chunk: 32 MiB. Four times xz -6's 8 MiB dictionary, so a chunk boundary costs
@@ -235,6 +236,9 @@ pub struct StoredChunk {
     pub len: u64,
     /// Its sha256, hex.
     pub sha256: String,
+    /// The file's stamp right after this run wrote or checked it (`None` if it changed while
+    /// it was read): while the stamp holds, the file is what was hashed and is not hashed again.
+    pub stamp: Option<FileStamp>,
 }
 
 impl ChunkStore {
@@ -319,6 +323,7 @@ impl ChunkStore {
     fn check(&self, key: &str, raw_len: u64) -> Result<bool, ChunkError> {
         let path = self.path(key);
         let file = File::open(&path).at(&path)?;
+        let before = file.metadata().at(&path)?;
         // A compressed chunk is never much larger than its raw bytes; a larger file is bad.
         let limit = raw_len + raw_len / 8 + (1 << 20);
         let mut compressed = Vec::new();
@@ -329,9 +334,11 @@ impl ChunkStore {
         if compressed.len() as u64 > limit {
             return Ok(false);
         }
+        let after = FileStamp::of_metadata(&file.metadata().at(&path)?);
         let stored = StoredChunk {
             len: compressed.len() as u64,
             sha256: hex(&Sha256::digest(&compressed)),
+            stamp: (FileStamp::of_metadata(&before) == after).then_some(after),
         };
         let decoded =
             crate::image::decoder(self.compression.codec.format(), io::Cursor::new(compressed));
@@ -391,19 +398,24 @@ pub fn compress_image(
     store: &ChunkStore,
     jobs: usize,
 ) -> Result<(Compressed, PendingOutput), ChunkError> {
-    let (raw_sha256, stored) = std::thread::scope(|s| {
+    // The raw image is hashed on its own thread while the chunks are stored and then
+    // concatenated (for a further node of a release: while the concatenation is written).
+    let (raw_sha256, assembled) = std::thread::scope(|s| {
         let whole = s.spawn(|| sha256_range(image, 0, image.len()));
-        let stored = store_cells(image, name, cells, keys, store, jobs);
+        let assembled = store_cells(image, name, cells, keys, store, jobs)
+            .and_then(|stored| Ok((stored, assemble(keys, store, out)?)));
         let whole = whole
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
-        (whole, stored)
+        (whole, assembled)
     });
     let raw_sha256 = raw_sha256.at(name)?;
-    let Stored {
-        compressed, reused, ..
-    } = stored?;
-    let (pending, size, sha256) = assemble(keys, store, out)?;
+    let (
+        Stored {
+            compressed, reused, ..
+        },
+        (pending, size, sha256),
+    ) = assembled?;
     let done = Compressed {
         path: out.to_owned(),
         size,
@@ -538,6 +550,9 @@ fn compress_chunk(
 ) -> Result<(), ChunkError> {
     let mut out = PendingOutput::create(&store.path(key))?;
     let temp = out.temp_path().to_owned();
+    // The stamp is taken from this descriptor after the rename (which changes the ctime), so
+    // that it is the stamp of the file this run wrote, whatever the path holds by then.
+    let written = out.file().try_clone().at(&temp)?;
     let mut src = BufReader::with_capacity(BUF, image.range(start, len));
     let stored = {
         let mut dst = HashingWriter {
@@ -556,12 +571,14 @@ fn compress_chunk(
                 chunk: temp,
                 source,
             })?;
-        StoredChunk {
-            len: dst.len,
-            sha256: hex(&dst.hasher.finalize()),
-        }
+        (dst.len, hex(&dst.hasher.finalize()))
     };
-    out.commit()?;
+    let chunk = out.commit()?;
+    let stored = StoredChunk {
+        len: stored.0,
+        sha256: stored.1,
+        stamp: Some(FileStamp::of_metadata(&written.metadata().at(&chunk)?)),
+    };
     store.trusted().insert(key.to_string(), stored);
     Ok(())
 }
@@ -587,7 +604,8 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// Concatenate the chunks named by `keys` into a temp file for `out`, each checked to be the
-/// file this run trusted; returns it, its size and its sha256.
+/// file this run trusted (by its stamp, or hashed again when the stamp moved); returns it, its
+/// size and its sha256.
 fn assemble(
     keys: &[String],
     store: &ChunkStore,
@@ -601,21 +619,34 @@ fn assemble(
     let mut buf = vec![0u8; BUF];
     for key in keys {
         let path = store.path(key);
+        let changed = || ChunkError::Changed {
+            chunk: path.clone(),
+        };
+        let trusted = store.stored(key).ok_or_else(changed)?;
         let mut chunk = File::open(&path).at(&path)?;
-        let mut chunk_hasher = Sha256::new();
+        let opened = FileStamp::of_metadata(&chunk.metadata().at(&path)?);
+        let mut chunk_hasher = (trusted.stamp.as_ref() != Some(&opened)).then(Sha256::new);
+        let mut len = 0u64;
         loop {
             let n = chunk.read(&mut buf).at(&path)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            chunk_hasher.update(&buf[..n]);
+            if let Some(h) = &mut chunk_hasher {
+                h.update(&buf[..n]);
+            }
             dst.write_all(&buf[..n]).at(&temp)?;
-            size += n as u64;
+            len += n as u64;
         }
-        if store.stored(key).map(|s| s.sha256) != Some(hex(&chunk_hasher.finalize())) {
-            return Err(ChunkError::Changed { chunk: path });
+        let same = match chunk_hasher {
+            Some(h) => hex(&h.finalize()) == trusted.sha256,
+            None => FileStamp::of_metadata(&chunk.metadata().at(&path)?) == opened,
+        };
+        if !same || len != trusted.len {
+            return Err(changed());
         }
+        size += len;
     }
     dst.flush().at(&temp)?;
     drop(dst);
@@ -685,6 +716,46 @@ mod tests {
             assert_eq!((again.compressed, again.reused), (0, 4));
             assert_eq!(again.sha256, first.sha256);
         }
+    }
+
+    /// A chunk file rewritten in place after this run compressed it (same length, its times
+    /// put back) is not copied into an artifact: its stamp moved, so it is hashed again.
+    #[test]
+    fn a_chunk_rewritten_after_it_was_trusted_is_refused_at_assembly() {
+        let raw: Vec<u8> = (0..2 * CHUNK_SIZE).map(|i| (i % 249) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = image(dir.path(), &raw);
+        let store = ChunkStore::open(
+            &dir.path().join("cache"),
+            Compression::new(Codec::Zstd, Some(1)).unwrap(),
+        )
+        .unwrap();
+        let img = CowImage::new(&path, dir.path()).unwrap();
+        let cells = cells(img.len(), &[], &[CHUNK_SIZE]);
+        let keys = BaseDigests::default()
+            .digests(&img, &path, &cells, 1)
+            .unwrap();
+        let out = dir.path().join("out.img.zst");
+        let compress = || compress_image(&img, &path, &cells, &keys, &out, &store, 1);
+        // Trusted and unchanged: assembled again (from the stamps) to the same bytes.
+        let (first, _) = compress().unwrap();
+        let (again, _) = compress().unwrap();
+        assert_eq!(again.sha256, first.sha256);
+        let chunk = store.path(&keys[1]);
+        let mtime = fs::metadata(&chunk).unwrap().modified().unwrap();
+        let mut bytes = fs::read(&chunk).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&chunk, &bytes).unwrap();
+        File::options()
+            .write(true)
+            .open(&chunk)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let err = compress().unwrap_err();
+        assert!(matches!(err, ChunkError::Changed { .. }), "{err}");
+        assert!(!out.exists(), "nothing published");
     }
 
     #[test]

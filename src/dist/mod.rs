@@ -31,6 +31,7 @@ use crate::build::delta::NodeDelta;
 use crate::build::{self, BuildError, BuildOptions};
 use crate::image::blockmap::BlockMap;
 use crate::image::blockmap::BlockMapError;
+use crate::image::cow::COW_BLOCK;
 use crate::image::{PendingOutput, bmap};
 use crate::io::calendar::UtcDateTime;
 use crate::io::{AtPath, PathError};
@@ -150,16 +151,18 @@ pub fn build_artifacts(
     let mut artifacts = Vec::new();
     let mut since = std::time::Instant::now();
     let mut base_digests = BaseDigests::default();
+    let mut bmap_sums = bmap::SharedSums::default();
     build::delta::build_node_deltas::<DistError>(profile, nodes, opts, &mut |delta| {
         let name = opts.out_dir.join(format!("{}.img", delta.node));
         let changed = delta.image.changed_blocks().at(&name)?;
+        bmap_sums.next_image(changed.clone(), COW_BLOCK);
         let cells = layout::cells(delta.image.len(), &changed, &[CHUNK_SIZE]);
         let keys = base_digests.digests(&delta.image, &name, &cells, jobs)?;
         let out = opts.out_dir.join(format!("{}.img.{ext}", delta.node));
         let bmap = opts.out_dir.join(format!("{}.img.bmap", delta.node));
         // The block map's checksums read the image while the compressed file is assembled.
         let (compressed, mapped) = std::thread::scope(|s| {
-            let mapped = s.spawn(|| bmap_file(&delta, &name, &bmap));
+            let mapped = s.spawn(|| bmap_file(&delta, &name, &bmap, &mut bmap_sums));
             let compressed =
                 chunks::compress_image(&delta.image, &name, &cells, &keys, &out, store, jobs);
             let mapped = mapped.join().unwrap_or_else(|_| {
@@ -200,11 +203,12 @@ pub fn build_artifacts(
 }
 
 /// The block map of the node's image (named `name` in errors) in a temp file for `out`, and
-/// its sha256.
+/// its sha256; the checksums of ranges unchanged from the base come from `shared`.
 fn bmap_file(
     delta: &NodeDelta,
     name: &Path,
     out: &Path,
+    shared: &mut bmap::SharedSums,
 ) -> Result<(PendingOutput, String), DistError> {
     let allocation = &delta.root_allocation;
     let len = delta.image.len();
@@ -215,7 +219,7 @@ fn bmap_file(
     })?;
     // A .bmap is a few KiB of XML: hashed in memory, then written in one go.
     let mut text = Vec::new();
-    bmap::write(&map, &mut delta.image.cursor(), name, &mut text)?;
+    bmap::write_shared(&map, &mut delta.image.cursor(), name, &mut text, shared)?;
     let file = index::pending_with(out, &text)?;
     Ok((file, crate::io::hex(&sha2::Sha256::digest(&text))))
 }

@@ -5,6 +5,7 @@
 //! The reader is a small hand-written one for the handful of elements bmaptool writes (no
 //! general XML parser): comments are stripped first, because bmaptool's mention element names.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -15,6 +16,38 @@ use crate::image::blockmap::{
 };
 use crate::io::{AtPath, PathError};
 
+/// The range checksums of images that share most of their bytes with a base (the nodes of one
+/// release): a range none of whose bytes differ from the base's has the same sha256 in every
+/// such image, so it is read and hashed once for all of them.
+#[derive(Debug, Default)]
+pub struct SharedSums {
+    known: HashMap<(u64, u64), String>,
+    /// The current image's blocks that differ from the base, sorted, and their size.
+    changed: Vec<u64>,
+    changed_block: u64,
+}
+
+impl SharedSums {
+    /// The next image differs from the base in `changed` (sorted block numbers) of
+    /// `block_size` bytes each.
+    pub fn next_image(&mut self, changed: Vec<u64>, block_size: u64) {
+        self.changed = changed;
+        self.changed_block = block_size.max(1);
+    }
+
+    /// Whether all of `r`'s bytes are the base's (never, before [`next_image`](Self::next_image)
+    /// said what differs).
+    fn unchanged(&self, r: &Range<u64>) -> bool {
+        if self.changed_block == 0 {
+            return false;
+        }
+        let first = r.start / self.changed_block;
+        let last = r.end.saturating_sub(1) / self.changed_block;
+        let at = self.changed.partition_point(|&b| b < first);
+        self.changed.get(at).is_none_or(|&b| b > last)
+    }
+}
+
 /// Write `map` in bmaptool's format 2.0 (XML) with a sha256 per range, read from `image` (named
 /// `name` in errors), and the file's own checksum, so `bmaptool copy --bmap` accepts and
 /// verifies it.
@@ -23,6 +56,18 @@ pub fn write(
     image: &mut (impl Read + Seek),
     name: &Path,
     out: &mut dyn Write,
+) -> Result<(), BlockMapError> {
+    write_shared(map, image, name, out, &mut SharedSums::default())
+}
+
+/// [`write`], taking the sha256 of ranges unchanged from the base from `shared` (and adding
+/// those it hashes).
+pub fn write_shared(
+    map: &BlockMap,
+    image: &mut (impl Read + Seek),
+    name: &Path,
+    out: &mut dyn Write,
+    shared: &mut SharedSums,
 ) -> Result<(), BlockMapError> {
     let mut buf = vec![0u8; SCAN_BUF];
     let mut text = String::new();
@@ -61,15 +106,26 @@ pub fn write(
         "0".repeat(64),
     );
     for r in &map.ranges {
-        let mut h = ChecksumKind::Sha256.hasher();
-        image.seek(SeekFrom::Start(r.start)).at(name)?;
-        let mut left = r.end - r.start;
-        while left > 0 {
-            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-            image.read_exact(&mut buf[..n]).at(name)?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
+        let unchanged = shared.unchanged(r);
+        let sum = match shared.known.get(&(r.start, r.end)).filter(|_| unchanged) {
+            Some(sum) => sum.clone(),
+            None => {
+                let mut h = ChecksumKind::Sha256.hasher();
+                image.seek(SeekFrom::Start(r.start)).at(name)?;
+                let mut left = r.end - r.start;
+                while left > 0 {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    image.read_exact(&mut buf[..n]).at(name)?;
+                    h.update(&buf[..n]);
+                    left -= n as u64;
+                }
+                let sum = h.hex();
+                if unchanged {
+                    shared.known.insert((r.start, r.end), sum.clone());
+                }
+                sum
+            }
+        };
         let first = r.start / map.block_size;
         let last = r.end.div_ceil(map.block_size) - 1;
         let blocks = if first == last {
@@ -77,11 +133,7 @@ pub fn write(
         } else {
             format!("{first}-{last}")
         };
-        let _ = writeln!(
-            text,
-            "        <Range chksum=\"{}\"> {blocks} </Range>",
-            h.hex()
-        );
+        let _ = writeln!(text, "        <Range chksum=\"{sum}\"> {blocks} </Range>");
     }
     text.push_str("    </BlockMap>\n</bmap>\n");
     let mut h = ChecksumKind::Sha256.hasher();
@@ -327,6 +379,48 @@ fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two images that differ in one block of the second of three ranges: the second image's
+    /// map, written with the checksums the first left in `SharedSums`, is the one written from
+    /// scratch, so a range with a changed block is hashed again and the others are not stale.
+    #[test]
+    fn shared_sums_reuse_only_unchanged_ranges() {
+        let block = 4096u64;
+        let first: Vec<u8> = (0..64 * block).map(|i| (i % 253) as u8).collect();
+        let mut second = first.clone();
+        second[(20 * block + 7) as usize] ^= 0xff;
+        let map = BlockMap {
+            image_size: first.len() as u64,
+            block_size: block,
+            ranges: vec![0..8 * block, 16 * block..24 * block, 40 * block..48 * block],
+            checksums: None,
+        };
+        let write_with = |bytes: &[u8], shared: &mut SharedSums| {
+            let mut out = Vec::new();
+            write_shared(
+                &map,
+                &mut io_cursor(bytes),
+                Path::new("x"),
+                &mut out,
+                shared,
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let mut shared = SharedSums::default();
+        shared.next_image(vec![], block);
+        let alone = |bytes: &[u8]| write_with(bytes, &mut SharedSums::default());
+        assert_eq!(write_with(&first, &mut shared), alone(&first));
+        assert_eq!(shared.known.len(), 3);
+        shared.next_image(vec![20], block);
+        let reused = write_with(&second, &mut shared);
+        assert_eq!(reused, alone(&second));
+        assert_ne!(reused, alone(&first));
+    }
+
+    fn io_cursor(bytes: &[u8]) -> std::io::Cursor<&[u8]> {
+        std::io::Cursor::new(bytes)
+    }
 
     #[test]
     fn attributes_and_elements_are_found() {

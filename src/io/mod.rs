@@ -2,12 +2,14 @@
 //! ([`PathError`], [`AtPath::at`]), reading until a buffer is full ([`read_full`]), lowercase
 //! hex ([`hex`]), sha256 of a stream ([`sha256_hex`]), positioned reads of a byte range of a
 //! shared file ([`FileRange`]), checksum files ([`sums`]), progress bars and log lines ([`progress`]) and UTC calendar
-//! dates for timestamps ([`calendar`]); temp files that are created exclusively, removed on
+//! dates for timestamps ([`calendar`]); file stamps that tell whether a hash still holds
+//! ([`stamp`]); temp files that are created exclusively, removed on
 //! SIGINT/SIGTERM and swept once their owner is gone ([`tempfiles`], [`signal`]).
 
 pub mod calendar;
 pub mod progress;
 pub mod signal;
+pub mod stamp;
 pub mod sums;
 pub mod tempfiles;
 

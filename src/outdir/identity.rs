@@ -3,8 +3,7 @@
 //! Two builds with equal [`Inputs`] write the same bytes (builds are reproducible), so an image
 //! whose recorded inputs equal the current ones is current; anything else is stale.
 
-use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::OutDirError;
 use crate::build::overlay::{self, OverlayKind};
+pub use crate::io::stamp::FileStamp;
 use crate::io::{AtPath, hex, sha256_hex};
 use crate::profile::{Node, Profile};
 
@@ -136,40 +136,6 @@ pub fn file_sha256(path: &Path) -> Result<String, OutDirError> {
     Ok(sha256_hex(&mut File::open(path).at(path)?).at(path)?)
 }
 
-/// What the kernel says about a file that changes whenever its contents do: size, inode,
-/// modification and change times. `ctime` cannot be set back by `touch` or `cp -p`, so an equal
-/// stamp means the contents a recorded hash was taken from are unchanged (short of a clock set
-/// back), and hashing a multi-GB file again can be skipped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileStamp {
-    /// Size in bytes.
-    pub size: u64,
-    /// Device number of the filesystem.
-    pub dev: u64,
-    /// Inode number.
-    pub ino: u64,
-    /// Modification time, nanoseconds since 1970.
-    pub mtime_ns: i64,
-    /// Status change time, nanoseconds since 1970.
-    pub ctime_ns: i64,
-}
-
-impl FileStamp {
-    /// The stamp of the file at `path` (following symlinks).
-    pub fn of(path: &Path) -> Result<FileStamp, OutDirError> {
-        let m = fs::metadata(path).at(path)?;
-        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
-        Ok(FileStamp {
-            size: m.len(),
-            dev: m.dev(),
-            ino: m.ino(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-        })
-    }
-}
-
 /// A file's sha256 and the stamp it was taken at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +174,7 @@ impl HashedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn a_hash_is_reused_only_while_the_stamp_holds() {

@@ -406,10 +406,9 @@ impl<'a> Recorder<'a> {
         let record = Record::read(out.path())?;
         let profile_sha256 = file_sha256(&req.profile.path)?;
         let (base_source, base_hash) = match (&req.base, base.download_sha256()) {
-            (BaseSpec::Url(remote), Some(sha)) => (
-                remote.url.clone(),
-                BaseHash::known(sha.to_string(), None),
-            ),
+            (BaseSpec::Url(remote), Some(sha)) => {
+                (remote.url.clone(), BaseHash::known(sha.to_string(), None))
+            }
             _ => {
                 let known = known_base_hash(&record, base.path())
                     .filter(|k| FileStamp::of(base.path()).is_ok_and(|now| now == k.stamp));
