@@ -365,8 +365,12 @@ struct BaseHash {
     sha256: String,
     /// For a local file: its hash with the stamp it was taken at.
     file: Option<HashedFile>,
-    /// Hashing the local file; `sha256` and `file` are set from it when it is joined.
-    hashing: Option<std::thread::JoinHandle<Result<HashedFile, OutDirError>>>,
+    /// Hashing the local file (at this path); `sha256` and `file` are set from it when it is
+    /// joined.
+    hashing: Option<(
+        PathBuf,
+        std::thread::JoinHandle<Result<HashedFile, OutDirError>>,
+    )>,
 }
 
 impl BaseHash {
@@ -380,11 +384,11 @@ impl BaseHash {
 
     /// The sha256 and the local file's hash; waits for the hashing thread the first time.
     fn get(&mut self) -> Result<(&str, Option<&HashedFile>), OutDirError> {
-        if let Some(thread) = self.hashing.take() {
+        if let Some((path, thread)) = self.hashing.take() {
             let file = thread.join().map_err(|_| {
                 PathError::new(
-                    Path::new("base image"),
-                    std::io::Error::other("the thread hashing the base panicked"),
+                    &path,
+                    std::io::Error::other("the thread hashing it panicked"),
                 )
             })??;
             self.sha256 = file.sha256.clone();
@@ -416,10 +420,11 @@ impl<'a> Recorder<'a> {
                     Some(k) => BaseHash::known(k.sha256.clone(), Some(k.clone())),
                     None => {
                         let path = base.path().to_owned();
+                        let hashing = std::thread::spawn(move || HashedFile::of(&path, None));
                         BaseHash {
                             sha256: String::new(),
                             file: None,
-                            hashing: Some(std::thread::spawn(move || HashedFile::of(&path, None))),
+                            hashing: Some((base.path().to_owned(), hashing)),
                         }
                     }
                 };
