@@ -98,7 +98,7 @@ run zstd3-few "$few" --compress zstd --level 3
 zs_first=$first zs_mean=$(mean_rest "$work/zstd3-few.secs") zs_max=$(max_rest "$work/zstd3-few.secs")
 rm -rf "$work/zstd3-few"
 # Every node's artifact needs its raw image's sha256 (os_list.json's extract_sha256): one sha256
-# of the raw image is the least a further node can cost.
+# of the raw image is about the least a further node can cost.
 raw_hash=$(secs openssl dgst -sha256 "$base")
 
 per_node=$(echo "($many_wall - $many_first) / ($NODES - 1)" | bc -l)
@@ -121,7 +121,7 @@ table=$(cat <<EOF
 | per-node \`--compress xz\`: further node / first (mean, max) | $(ratio "$xz_mean" "$xz_first"), $(ratio "$xz_max" "$xz_first") | ≤ 0.05 |
 | per-node \`--compress zstd --level 3\`, $FEW nodes: first, further (mean, max) | $zs_first s, $zs_mean s, $zs_max s | |
 | per-node \`--compress zstd --level 3\`: further node / first (mean, max) | $(ratio "$zs_mean" "$zs_first"), $(ratio "$zs_max" "$zs_first") | ≤ 0.05 |
-| one sha256 of the raw image (\`openssl dgst -sha256\`), the least a further node costs | $(printf '%.3f' "$raw_hash") s: $(ratio "$raw_hash" "$zs_first") of the first zstd node, $(ratio "$raw_hash" "$xz_first") of the first xz node | |
+| one sha256 of the raw image (\`openssl dgst -sha256\`), about the least a further node costs | $(printf '%.3f' "$raw_hash") s: $(ratio "$raw_hash" "$zs_first") of the first zstd node, $(ratio "$raw_hash" "$xz_first") of the first xz node | |
 EOF
 )
 echo
