@@ -66,7 +66,7 @@ partition_table = "gpt"
 /// The cluster built once as raw images (`raw/`) and once as a shared-chunk release (`rel/`),
 /// with the release's stdout.
 struct Built {
-    dir: tempfile::TempDir,
+    dir: common::ProcessDir,
     profile: PathBuf,
     raw: PathBuf,
     rel: PathBuf,
@@ -76,7 +76,7 @@ struct Built {
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::process_tempdir();
         let profile = profile(dir.path());
         let (raw, rel) = (dir.path().join("raw"), dir.path().join("rel"));
         let p = s(&profile);

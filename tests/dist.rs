@@ -33,9 +33,9 @@ fn build(out: &Path, cache: &Path, args: &[&str]) -> Output {
 
 /// The demo cluster built once as plain raw images, the reference every artifact must decode to.
 fn raw_images() -> &'static Path {
-    static OUT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static OUT: OnceLock<(common::ProcessDir, PathBuf)> = OnceLock::new();
     &OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::process_tempdir();
         let out = dir.path().join("raw");
         build(&out, &dir.path().join("cache"), &["--all"]);
         (dir, out)
@@ -44,10 +44,10 @@ fn raw_images() -> &'static Path {
 }
 
 /// The demo cluster built once with `--compress xz --jobs 2`: (dist dir, cache dir, stdout).
-fn xz_release() -> &'static (tempfile::TempDir, PathBuf, PathBuf, String) {
-    static OUT: OnceLock<(tempfile::TempDir, PathBuf, PathBuf, String)> = OnceLock::new();
+fn xz_release() -> &'static (common::ProcessDir, PathBuf, PathBuf, String) {
+    static OUT: OnceLock<(common::ProcessDir, PathBuf, PathBuf, String)> = OnceLock::new();
     OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::process_tempdir();
         let (dist, cache) = (dir.path().join("dist"), dir.path().join("cache"));
         let out = build(&dist, &cache, &["--all", "--compress", "xz", "--jobs", "2"]);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -16,9 +16,9 @@ const ROOT_START: u64 = 526_336 * 512;
 
 /// The demo cluster, built once per test process from the compressed fixture.
 fn demo() -> &'static Path {
-    static OUT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static OUT: OnceLock<(common::ProcessDir, PathBuf)> = OnceLock::new();
     &OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::process_tempdir();
         let out = dir.path().join("out");
         let res = pi_image(
             &repo(),

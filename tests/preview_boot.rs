@@ -30,7 +30,7 @@ use base64::Engine;
 use common::{repo, run};
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    _dir: common::ProcessDir,
     dir: PathBuf,
     profile: PathBuf,
     key: PathBuf,
@@ -48,7 +48,7 @@ fn setup() -> &'static Setup {
             String::from_utf8_lossy(&out.stderr)
         );
         let base = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = common::process_tempdir();
         let dir = tmp.path().to_owned();
         let key = dir.join("key");
         let (ok, _, err) = run(

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, Once, OnceLock, PoisonError};
 
 /// The committed replica of Ubuntu 20.04.5's raspi image.
 pub fn fixture_xz() -> PathBuf {
@@ -16,11 +16,43 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A temp dir for a fixture kept in a `static` for the whole test process ([`process_tempdir`]).
+#[derive(Debug)]
+pub struct ProcessDir(PathBuf);
+
+impl ProcessDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// A temp dir for a fixture kept in a `static`. Statics are never dropped, so a `TempDir` in one
+/// stayed behind (gigabytes a run); this one is removed when the process exits, however the test
+/// harness ends it (returning from main, or `exit` after a failure).
+pub fn process_tempdir() -> ProcessDir {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static AT_EXIT: Once = Once::new();
+    extern "C" fn remove_dirs() {
+        for dir in DIRS.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    AT_EXIT.call_once(|| {
+        // SAFETY: registers a function without arguments that only removes directories.
+        assert_eq!(unsafe { libc::atexit(remove_dirs) }, 0, "atexit failed");
+    });
+    let dir = tempfile::tempdir().unwrap().keep();
+    DIRS.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(dir.clone());
+    ProcessDir(dir)
+}
+
 /// The fixture decompressed once per test process into a temp dir (kept for the process).
 pub fn fixture_raw() -> PathBuf {
-    static RAW: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static RAW: OnceLock<(ProcessDir, PathBuf)> = OnceLock::new();
     RAW.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = process_tempdir();
         let raw = dir.path().join("base.img");
         let out = Command::new("sh")
             .arg("-c")
@@ -173,9 +205,9 @@ pub fn yaml_eval(text: &str, expr: &str) -> String {
 /// Nodes of the demo profile (`profiles/cluster.toml`) built once per test process from the
 /// compressed fixture: `dir/<node>.img` for pi1 and pi3, and `dir/gpt/pi3.img` with a GPT.
 pub fn demo_images() -> &'static Path {
-    static OUT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static OUT: OnceLock<(ProcessDir, PathBuf)> = OnceLock::new();
     &OUT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = process_tempdir();
         let out = dir.path().join("out");
         let xz = fixture_xz();
         pi_image_ok(
